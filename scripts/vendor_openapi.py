@@ -1,0 +1,100 @@
+"""Cut the part of OpenAI's OpenAPI spec that the mock serves into the package.
+
+The full spec (3 MB of YAML) lives in ``../shared/openai-openapi/openapi.yaml``. The mock
+needs only the operations it implements and the schemas they reference, so this script keeps
+those paths and the closure of their ``$ref``s, and records where they came from.
+
+    python scripts/vendor_openapi.py ../shared/openai-openapi/openapi.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OUT = Path(__file__).resolve().parents[1] / "src/ferryman/mock/data/openapi-subset.json"
+
+PATHS = [
+    "/chat/completions",
+    "/responses",
+    "/responses/{response_id}",
+    "/responses/{response_id}/input_items",
+    "/embeddings",
+    "/moderations",
+    "/completions",
+    "/models",
+    "/models/{model}",
+    "/files",
+    "/files/{file_id}",
+    "/files/{file_id}/content",
+    "/batches",
+    "/batches/{batch_id}",
+    "/batches/{batch_id}/cancel",
+    "/fine_tuning/jobs",
+    "/fine_tuning/jobs/{fine_tuning_job_id}",
+    "/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
+    "/fine_tuning/jobs/{fine_tuning_job_id}/events",
+    "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+]
+# Schemas the mock validates against that no kept operation references directly.
+EXTRA_SCHEMAS = ["ErrorResponse", "ResponseStreamEvent", "CreateChatCompletionStreamResponse"]
+DROP_KEYS = {"x-oaiMeta", "x-codeSamples", "examples", "example", "x-oaiExpandable"}
+
+
+def _strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in node.items() if k not in DROP_KEYS}
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    return node
+
+
+def _refs(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            found.add(ref.rsplit("/", 1)[1])
+        for v in node.values():
+            _refs(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _refs(v, found)
+
+
+def main(src: str) -> None:
+    raw = Path(src).read_bytes()
+    spec = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    paths = {p: _strip(spec["paths"][p]) for p in PATHS}
+    schemas = spec["components"]["schemas"]
+    wanted: set[str] = set(EXTRA_SCHEMAS)
+    _refs(paths, wanted)
+    done: set[str] = set()
+    while wanted - done:
+        name = (wanted - done).pop()
+        done.add(name)
+        _refs(schemas[name], wanted)
+    out = {
+        "openapi": spec["openapi"],
+        "info": {
+            **spec["info"],
+            "x-ferryman-source": {
+                "repo": "github.com/openai/openai-openapi",
+                "commit": "f85dbe223d40e1a31cba812ab2d755c7e98a92a3",
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "licence": "MIT",
+            },
+        },
+        "paths": paths,
+        "components": {"schemas": {n: _strip(schemas[n]) for n in sorted(done)}},
+    }
+    OUT.write_text(json.dumps(out, separators=(",", ":"), sort_keys=True))
+    print(f"{OUT}: {len(paths)} paths, {len(done)} schemas, {OUT.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/openai-openapi/openapi.yaml")

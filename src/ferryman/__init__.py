@@ -1,0 +1,3 @@
+"""Ferryman: make any application's use of the OpenAI API production-grade."""
+
+__version__ = "0.1.0"

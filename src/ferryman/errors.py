@@ -1,0 +1,94 @@
+"""OpenAI-format errors: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every part of Ferryman that refuses a request raises :class:`OpenAIError`; the front door
+that caught it turns it into the body, status and headers OpenAI itself would send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class OpenAIError(Exception):
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, "invalid_request_error", param, code)
+
+
+def not_found(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(404, message, "invalid_request_error", param, code)
+
+
+def invalid_url(method: str, path: str) -> OpenAIError:
+    return OpenAIError(404, f"Invalid URL ({method} {path})", "invalid_request_error")
+
+
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
+
+
+def unparsable_json() -> OpenAIError:
+    return invalid_request(
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+        "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+        "sent was not valid JSON.)"
+    )
+
+
+def missing_key() -> OpenAIError:
+    return OpenAIError(
+        401,
+        "You didn't provide an API key. You need to provide your API key in an Authorization "
+        "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        "invalid_request_error",
+    )
+
+
+def invalid_key(shown: str) -> OpenAIError:
+    return OpenAIError(
+        401,
+        f"Incorrect API key provided: {shown}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+    )
+
+
+def server_error(message: str = "The server had an error while processing your request. Sorry about that!") -> OpenAIError:
+    return OpenAIError(500, message, "server_error", None, "server_error")
+
+
+def mask_key(key: str) -> str:
+    """OpenAI's way of echoing a key: the first and last few characters only."""
+    if len(key) <= 8:
+        return "*" * len(key)
+    return f"{key[:3]}{'*' * 12}{key[-4:]}"

@@ -1,0 +1,358 @@
+"""The mock's ASGI app: one front door that every ``/v1`` request passes through.
+
+In order: request id, route, API key, body (size cap, JSON), validation against OpenAI's spec,
+model check, injected faults, quota, rate limits, the resource's handler; then the headers
+OpenAI sends on every reply and an entry in the request log. Resource modules only declare
+``ENDPOINTS`` and write handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import re
+import secrets
+import socket
+import struct
+import time
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import compile_path
+from starlette.types import Receive, Scope, Send
+
+from ferryman import errors
+from ferryman.catalogue import lookup
+from ferryman.errors import OpenAIError
+from ferryman.mock import control, spec
+from ferryman.mock.call import Call, Endpoint, json_response
+from ferryman.mock.faults import Fault, parse_fault, parse_rule
+from ferryman.mock.fixtures import Fixtures
+from ferryman.mock.limits import QuotaLedger, RateLimiter
+from ferryman.mock.prompt_cache import PromptCache
+from ferryman.mock.resources import ALL_MODULES
+from ferryman.mock.settings import MockSettings
+from ferryman.mock.sse import ConnectionCut, EventStream
+from ferryman.mock.state import ObjectStore, RequestLog, Tasks
+from ferryman.tokens import count_request_prompt_tokens, max_output_tokens
+
+log = logging.getLogger("ferryman.mock")
+
+FAULT_HEADER = "x-ferryman-fault"
+_LOGGED_HEADERS = ("content-type", "user-agent", "x-stainless-retry-count", FAULT_HEADER, "idempotency-key")
+
+
+class MockApp:
+    """An OpenAI API emulator as an ASGI application."""
+
+    def __init__(self, settings: MockSettings | None = None) -> None:
+        self.settings = settings or MockSettings()
+        self._initial = replace(self.settings, faults=list(self.settings.faults))
+        self.store = ObjectStore(self.settings.state_dir)
+        self.requests = RequestLog(self.settings.request_log_size)
+        self.limiter = RateLimiter(self.settings.rpm, self.settings.tpm)
+        self.quota = QuotaLedger(self.settings.quota_usd)
+        self.fixtures = Fixtures.from_path(self.settings.fixtures_path)
+        self.tasks = Tasks()
+        self.prompt_cache = PromptCache()
+        self.rng = random.Random()
+        self._static: dict[tuple[str, str], Endpoint] = {}
+        self._dynamic: list[tuple[str, re.Pattern[str], Endpoint]] = []
+        self._started = False
+        for module in ALL_MODULES:
+            for endpoint in module.ENDPOINTS:
+                self._register(endpoint)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _register(self, endpoint: Endpoint) -> None:
+        if "{" not in endpoint.path:
+            self._static[(endpoint.method, endpoint.path)] = endpoint
+            return
+        regex, _, _ = compile_path(endpoint.path)
+        self._dynamic.append((endpoint.method, regex, endpoint))
+
+    def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
+        path = path.rstrip("/") or "/"
+        found = self._static.get((method, path))
+        if found is not None:
+            return found, {}
+        for m, regex, endpoint in self._dynamic:
+            if m == method:
+                hit = regex.match(path)
+                if hit:
+                    return endpoint, hit.groupdict()
+        raise errors.invalid_url(method, path)
+
+    def reset(self) -> None:
+        """Back to the settings the app started with; forget all objects and requests."""
+        self.settings = replace(self._initial, faults=[parse_rule(r.spec) for r in self._initial.faults])
+        self.limiter.set_limits(self.settings.rpm, self.settings.tpm)
+        self.quota = QuotaLedger(self.settings.quota_usd)
+        self.fixtures = Fixtures.from_path(self.settings.fixtures_path)
+        self.prompt_cache = PromptCache()
+        self.store.clear()
+        self.requests.clear()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for module in ALL_MODULES:
+            hook = getattr(module, "on_startup", None)
+            if hook is not None:
+                await hook(self)
+
+    async def shutdown(self) -> None:
+        await self.tasks.cancel_all()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the front door ----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if not self._started:
+            await self.startup()
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        path: str = scope["path"]
+        if path.startswith("/_ferryman/"):
+            await control.handle(self, request, scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(16)
+        entry: dict[str, Any] = {
+            "id": request_id,
+            "time": time.time(),
+            "method": scope["method"],
+            "path": path,
+            "query": scope.get("query_string", b"").decode("latin-1"),
+            "headers": {h: request.headers[h] for h in _LOGGED_HEADERS if h in request.headers},
+        }
+        call: Call | None = None
+        limit_headers: dict[str, str] | None = None
+        key = ""
+        try:
+            endpoint, params = self.match(scope["method"], path)
+            scope["path_params"] = params
+            key = self.authenticate(request)
+            entry["key_id"] = key_id(key)
+            fault = self.fault_for(request, path, None)
+            body = await self.read_body(request, endpoint)
+            model = body.get("model") if isinstance(body, dict) else None
+            entry["body"] = body if endpoint.body == "json" else None
+            entry["model"] = model if isinstance(model, str) else None
+            if endpoint.schema is not None:
+                spec.check(endpoint.schema, body)
+            if endpoint.inference and isinstance(model, str):
+                self.check_model(model)
+            fault = fault.merged(self.rule_fault(path, entry["model"]))
+            entry["fault"] = None if fault.is_empty else fault.__dict__
+            await self.apply_pre_faults(fault, scope, send)
+            call = Call(request, self, request_id, key, body, fault, entry["model"])
+            if endpoint.inference:
+                self.quota.check(key)
+                limit_headers = self.limiter.acquire(key, estimate_tokens(path, body), call.model)
+            response = await endpoint.handler(call)
+        except OpenAIError as error:
+            response = json_response(error.body(), error.status, error.headers)
+        except ConnectionCut:
+            entry["status"] = "reset"
+            self.requests.add(entry)
+            await reset_connection(scope, send)
+            return
+        except Exception:  # a bug in the mock: answer like OpenAI does, keep serving
+            log.exception("mock handler failed for %s %s", scope["method"], path)
+            error = errors.server_error()
+            response = json_response(error.body(), error.status)
+        if limit_headers is None and key:
+            limit_headers = self.limiter.peek(key)
+        extra = {
+            "x-request-id": request_id,
+            "openai-version": "2020-10-01",
+            "openai-organization": "user-ferryman-mock",
+            "openai-processing-ms": str(max(0, round((time.perf_counter() - started) * 1000))),
+            **(limit_headers or {}),
+        }
+        response.headers.update(extra)
+        entry["status"] = response.status_code
+        entry["stream"] = isinstance(response, EventStream)
+        if call is not None and not isinstance(response, EventStream):
+            self.settle(call, entry)
+        self.requests.add(entry)
+        if isinstance(response, EventStream):
+            await self._send_stream(response, call, entry, scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    async def _send_stream(
+        self, response: EventStream, call: Call | None, entry: dict[str, Any],
+        scope: Scope, receive: Receive, send: Send,
+    ) -> None:
+        done = response.on_complete
+
+        def complete() -> None:
+            if done is not None:
+                done()
+            if call is not None:
+                self.settle(call, entry)
+
+        response.on_complete = complete
+        try:
+            await response(scope, receive, send)
+        except ConnectionCut:
+            entry["status"] = "cut"
+            await reset_connection(scope, send)
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise errors.missing_key()
+        allowed = self.settings.keys
+        if allowed is not None:
+            given = token.encode()
+            # Compare against every key, in constant time, so timing tells nothing.
+            ok = False
+            for candidate in allowed:
+                ok |= hmac.compare_digest(given, candidate.encode())
+            if not ok:
+                raise errors.invalid_key(errors.mask_key(token))
+        return token
+
+    async def read_body(self, request: Request, endpoint: Endpoint) -> Any:
+        if endpoint.body == "none":
+            return None
+        limit = self.settings.max_body_bytes
+        if endpoint.body == "multipart":
+            limit = self.settings.max_file_bytes + 1024 * 1024
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise body_too_large(int(declared), limit)
+        if endpoint.body == "multipart":
+            return None  # the handler parses the form (streamed to disk by Starlette)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(size, limit)
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            raise errors.unparsable_json() from None
+
+    def check_model(self, model: str) -> None:
+        if lookup(model) is not None and not model.startswith("ft:"):
+            return
+        if model.startswith("ft:") and any(
+            job.get("fine_tuned_model") == model for job in self.store.all("fine_tuning_jobs")
+        ):
+            return
+        raise errors.model_not_found(model)
+
+    def fault_for(self, request: Request, path: str, model: str | None) -> Fault:
+        header = request.headers.get(FAULT_HEADER)
+        return parse_fault(header) if header else Fault()
+
+    def rule_fault(self, path: str, model: str | None) -> Fault:
+        fault = Fault()
+        for rule in self.settings.faults:
+            if rule.take(path, model, self.rng):
+                fault = fault.merged(rule.fault)
+        return fault
+
+    async def apply_pre_faults(self, fault: Fault, scope: Scope, send: Send) -> None:
+        delay = fault.delay_ms + self.settings.latency_ms
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        if fault.reset:
+            raise ConnectionCut
+        error = fault.error()
+        if error is not None:
+            raise error
+
+    def settle(self, call: Call, entry: dict[str, Any]) -> None:
+        """After a reply went out: charge its cost against the key's quota, log its usage."""
+        if call.usage is not None:
+            entry["usage"] = call.usage
+        if call.cost_usd is not None:
+            entry["cost_usd"] = str(call.cost_usd)
+            self.quota.charge(call.key, call.cost_usd)
+
+
+def estimate_tokens(path: str, body: Any) -> int:
+    """What a request counts against TPM: prompt tokens plus the output cap it asks for."""
+    if not isinstance(body, dict):
+        return 0
+    endpoint = path.removeprefix("/v1")
+    prompt = count_request_prompt_tokens(endpoint, body)
+    output = max_output_tokens(endpoint, body) or 0
+    return prompt + output
+
+
+def key_id(key: str) -> str:
+    """A stable, non-secret name for an API key (for logs and the request log)."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def body_too_large(size: int, limit: int) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"Request body too large: {size} bytes is more than the limit of {limit} bytes.",
+        "invalid_request_error",
+        None,
+        "request_too_large",
+    )
+
+
+async def reset_connection(scope: Scope, send: Send) -> None:
+    """Drop the client's TCP connection with a reset (RST), as a failing server would.
+
+    uvicorn's ``send`` is a bound method of its per-request cycle, which holds the transport;
+    where it is not reachable (another server, an in-process test transport) the exception
+    propagates and the server closes the connection.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionCut
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+    await asyncio.sleep(0)
+
+
+def create_app(settings: MockSettings | None = None) -> MockApp:
+    return MockApp(settings)
+
+
+__all__ = ["MockApp", "Response", "create_app"]

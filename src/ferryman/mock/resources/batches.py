@@ -1,0 +1,5 @@
+"""(being written)"""
+
+from ferryman.mock.call import Endpoint
+
+ENDPOINTS: list[Endpoint] = []

@@ -1,0 +1,88 @@
+"""OpenAI's OpenAPI spec (the part the mock serves) and validators compiled from it.
+
+``data/openapi-subset.json`` is cut from OpenAI's own ``openapi.yaml`` by
+``scripts/vendor_openapi.py``; its ``info.x-ferryman-source`` names the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema_rs
+
+from ferryman.errors import OpenAIError, invalid_request
+
+
+@cache
+def document() -> dict[str, Any]:
+    raw = resources.files("ferryman.mock.data").joinpath("openapi-subset.json").read_text()
+    doc: dict[str, Any] = json.loads(raw)
+    return doc
+
+
+@cache
+def validator(schema_name: str) -> Any:
+    """A compiled JSON Schema 2020-12 validator for ``components.schemas[schema_name]``."""
+    root = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": document()["components"],
+        "$ref": f"#/components/schemas/{schema_name}",
+    }
+    return jsonschema_rs.Draft202012Validator(root)
+
+
+def schema(schema_name: str) -> dict[str, Any]:
+    found: dict[str, Any] = document()["components"]["schemas"][schema_name]
+    return found
+
+
+def param_path(parts: list[str | int]) -> str | None:
+    """``["messages", 0, "role"]`` → ``"messages[0].role"`` (OpenAI's ``param`` style)."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+_REQUIRED = re.compile(r'^"?(?P<name>[^"]+)"? is a required property')
+
+
+def _describe(error: Any) -> OpenAIError:
+    path = list(error.instance_path)
+    message: str = error.message
+    match = _REQUIRED.match(message)
+    if match:
+        name = match.group("name")
+        param = param_path([*path, name])
+        return invalid_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    param = param_path(path)
+    if len(message) > 300:
+        message = message[:300] + "…"
+    where = f"'{param}'" if param else "the request body"
+    return invalid_request(f"Invalid value for {where}: {message}", param, "invalid_value")
+
+
+def check(schema_name: str, body: Any) -> None:
+    """Raise an OpenAI-format 400 for the most specific problem, if ``body`` is invalid."""
+    v = validator(schema_name)
+    if v.is_valid(body):
+        return
+    errors = list(v.iter_errors(body))
+    # Prefer a missing required field, then the deepest error: the most useful to a reader.
+    errors.sort(key=lambda e: (not _REQUIRED.match(e.message), -len(list(e.instance_path))))
+    raise _describe(errors[0])
+
+
+def response_errors(schema_name: str, body: Any) -> list[str]:
+    """Every way ``body`` fails the spec's schema (empty when valid); used by the tests."""
+    return [
+        f"{param_path(list(e.instance_path)) or '<root>'}: {e.message[:500]}"
+        for e in validator(schema_name).iter_errors(body)
+    ]

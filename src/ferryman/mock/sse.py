@@ -1,0 +1,102 @@
+"""Server-sent event streams in OpenAI's two framings, with stream faults applied.
+
+Chat Completions and legacy Completions send ``data: {json}`` lines and end with
+``data: [DONE]``; the Responses API sends ``event: <type>`` + ``data: {json}`` pairs, numbers
+them with ``sequence_number`` and has no sentinel. The handler yields plain dicts; this module
+frames them and applies ``ttft_ms``, ``chunk_delay_ms``, ``cut_after`` and ``error_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Literal
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from ferryman.mock.faults import Fault
+
+Style = Literal["chat", "responses"]
+
+
+class ConnectionCut(Exception):
+    """Raised to drop the connection mid-stream (the app resets it)."""
+
+
+def frame(event: dict[str, Any], style: Style) -> bytes:
+    data = orjson.dumps(event)
+    if style == "responses":
+        return b"event: " + str(event.get("type", "message")).encode() + b"\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
+
+
+def _error_event(style: Style) -> dict[str, Any]:
+    message = "The server had an error while processing your request. Sorry about that! (injected)"
+    if style == "responses":
+        return {"type": "error", "code": "server_error", "message": message, "param": None}
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": "server_error"}}
+
+
+class EventStream:
+    """An ASGI response that streams events; ``on_complete`` runs after a clean end."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[dict[str, Any]] | Iterable[dict[str, Any]],
+        style: Style,
+        fault: Fault | None = None,
+        on_complete: Callable[[], None] | None = None,
+    ) -> None:
+        self.events = events
+        self.style = style
+        self.fault = fault or Fault()
+        self.on_complete = on_complete
+        self.status_code = 200
+        self.headers: dict[str, str] = {}
+        self.sent = 0
+
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        if isinstance(self.events, AsyncIterator):
+            async for event in self.events:
+                yield event
+        else:
+            for event in self.events:
+                yield event
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"connection", b"keep-alive"),
+        ]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        fault = self.fault
+        sequence = 0
+        async for event in self._iterate():
+            if self.sent == 0 and fault.ttft_ms:
+                await asyncio.sleep(fault.ttft_ms / 1000)
+            elif self.sent and fault.chunk_delay_ms:
+                await asyncio.sleep(fault.chunk_delay_ms / 1000)
+            if fault.cut_after is not None and self.sent >= fault.cut_after:
+                raise ConnectionCut
+            if fault.error_after is not None and self.sent >= fault.error_after:
+                error = _error_event(self.style)
+                if self.style == "responses":
+                    error["sequence_number"] = sequence
+                await send({"type": "http.response.body", "body": frame(error, self.style), "more_body": False})
+                return
+            if self.style == "responses":
+                event["sequence_number"] = sequence
+                sequence += 1
+            await send({"type": "http.response.body", "body": frame(event, self.style), "more_body": True})
+            self.sent += 1
+        if fault.cut_after is not None and self.sent >= fault.cut_after:
+            raise ConnectionCut
+        tail = b"data: [DONE]\n\n" if self.style == "chat" else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if self.on_complete is not None:
+            self.on_complete()
