@@ -97,6 +97,7 @@ class MockApp:
         self.quota = QuotaLedger(self.settings.quota_usd)
         self.fixtures = Fixtures.from_path(self.settings.fixtures_path)
         self.prompt_cache = PromptCache()
+        self.tasks.cancel_nowait()
         self.store.clear()
         self.requests.clear()
 

@@ -129,6 +129,10 @@ class Tasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def cancel_nowait(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
     async def cancel_all(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
