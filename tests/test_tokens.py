@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import struct
 import threading
@@ -74,18 +75,32 @@ def test_tampered_data_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(info.value, ValueError)
 
 
-def test_unreadable_data_is_a_token_count_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encodings_module, "resources", SimpleNamespace(files=lambda _: _Missing()))
+@pytest.mark.parametrize(
+    "payload",
+    [FileNotFoundError("gone"), b"not gzip", gzip.compress(b"IQ== 0\n" * 100)[:-20]],
+    ids=["missing", "not-gzip", "truncated-gzip"],
+)
+def test_unreadable_data_is_a_token_count_error(
+    payload: Exception | bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        encodings_module, "resources", SimpleNamespace(files=lambda _: _Fake(payload))
+    )
     with pytest.raises(EncodingDataError, match=r"o200k_base\.tiktoken\.gz"):
         encodings_module.read_encoding_data("o200k_base")
 
 
-class _Missing:
-    def __truediv__(self, _other: str) -> _Missing:
+class _Fake:
+    def __init__(self, payload: Exception | bytes) -> None:
+        self.payload = payload
+
+    def __truediv__(self, _other: str) -> _Fake:
         return self
 
     def read_bytes(self) -> bytes:
-        raise FileNotFoundError("gone")
+        if isinstance(self.payload, Exception):
+            raise self.payload
+        return self.payload
 
 
 def test_unknown_encoding_name() -> None:
@@ -189,6 +204,7 @@ def test_count_text_coerces_bad_types() -> None:
     assert count_text(True) == count_text("true")
     assert count_text({"a": 1}) == 0
     assert count_text("x", model=None) == 1  # type: ignore[arg-type]
+    assert count_text("\ud800 lone surrogates \udfff") > 0  # valid in JSON, not in UTF-8
 
 
 _FRAGMENTS = [
@@ -586,6 +602,7 @@ def test_endpoint_routes() -> None:
     assert endpoint_route("/openai/deployments/d1/embeddings") == "/embeddings"
     assert endpoint_route("/v1/files") is None
     assert endpoint_route(None) is None
+    assert endpoint_route("http://[::1/v1/chat/completions") is None
 
 
 def test_embeddings_inputs() -> None:
