@@ -1,5 +1,8 @@
 """Cut the part of OpenAI's OpenAPI spec that the mock serves into the package.
 
+``nullable: true`` (OpenAPI 3.0, which the 3.1 spec still uses in places) is rewritten as
+JSON Schema 2020-12 so that validators see what OpenAI means.
+
 The full spec (3 MB of YAML) lives in ``../shared/openai-openapi/openapi.yaml``. The mock
 needs only the operations it implements and the schemas they reference, so this script keeps
 those paths and the closure of their ``$ref``s, and records where they came from.
@@ -46,9 +49,25 @@ EXTRA_SCHEMAS = ["ErrorResponse", "ResponseStreamEvent", "CreateChatCompletionSt
 DROP_KEYS = {"x-oaiMeta", "x-codeSamples", "examples", "example", "x-oaiExpandable"}
 
 
+def _nullable(node: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI 3.0's ``nullable: true`` (still used in places) in JSON Schema 2020-12 terms."""
+    node = {k: v for k, v in node.items() if k != "nullable"}
+    kind = node.get("type")
+    if isinstance(kind, str):
+        node["type"] = [kind, "null"]
+        if "enum" in node and None not in node["enum"]:
+            node["enum"] = [*node["enum"], None]
+        return node
+    if isinstance(kind, list):
+        node["type"] = [*kind, "null"] if "null" not in kind else kind
+        return node
+    return {"anyOf": [node, {"type": "null"}]}
+
+
 def _strip(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if k not in DROP_KEYS}
+        out = {k: _strip(v) for k, v in node.items() if k not in DROP_KEYS}
+        return _nullable(out) if out.get("nullable") is True else out
     if isinstance(node, list):
         return [_strip(v) for v in node]
     return node

@@ -1,1 +1,45 @@
-"""Shared test helpers. The ``ferryman_mock`` fixture comes from Ferryman's own pytest plugin."""
+"""Shared test setup. The ``ferryman_mock`` fixture comes from Ferryman's own pytest plugin.
+
+Backend tests ask for ``postgres_url`` / ``redis_url``: they run whenever the service answers
+on 127.0.0.1, skip with the reason otherwise, and fail instead of skipping when
+``FERRYMAN_REQUIRE_SERVICES=1`` (set by ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+POSTGRES_URL = os.environ.get("FERRYMAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("FERRYMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _need(service: str, port: int) -> None:
+    if _answers(port):
+        return
+    reason = f"{service} does not answer on 127.0.0.1:{port}"
+    if os.environ.get("FERRYMAN_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}, and FERRYMAN_REQUIRE_SERVICES=1 makes its tests mandatory")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    _need("PostgreSQL", 5432)
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    _need("Redis", 6379)
+    return REDIS_URL
