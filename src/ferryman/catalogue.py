@@ -20,16 +20,25 @@ _EXTRA: dict[str, dict[str, Any]] = {
     "text-moderation-latest": {"mode": "moderation"},
     "text-moderation-stable": {"mode": "moderation"},
     "gpt-3.5-turbo-instruct": {
-        "mode": "completion", "max_input_tokens": 4096, "max_output_tokens": 4096,
-        "input_usd_per_1m": 1.5, "output_usd_per_1m": 2.0,
+        "mode": "completion",
+        "max_input_tokens": 4096,
+        "max_output_tokens": 4096,
+        "input_usd_per_1m": 1.5,
+        "output_usd_per_1m": 2.0,
     },
     "davinci-002": {
-        "mode": "completion", "max_input_tokens": 16384, "max_output_tokens": 4096,
-        "input_usd_per_1m": 2.0, "output_usd_per_1m": 2.0,
+        "mode": "completion",
+        "max_input_tokens": 16384,
+        "max_output_tokens": 4096,
+        "input_usd_per_1m": 2.0,
+        "output_usd_per_1m": 2.0,
     },
     "babbage-002": {
-        "mode": "completion", "max_input_tokens": 16384, "max_output_tokens": 4096,
-        "input_usd_per_1m": 0.4, "output_usd_per_1m": 0.4,
+        "mode": "completion",
+        "max_input_tokens": 16384,
+        "max_output_tokens": 4096,
+        "input_usd_per_1m": 0.4,
+        "output_usd_per_1m": 0.4,
     },
 }
 

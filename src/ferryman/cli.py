@@ -39,7 +39,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Ferryman: emulator, pipeline, gateway and batch runner for the OpenAI API."""
 
@@ -48,16 +50,36 @@ def main(
 def mock(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute allowed per API key (default 30000).", min=1)] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute allowed per API key (default 150M).", min=1)] = None,
-    quota_usd: Annotated[float | None, typer.Option(help="Dollars each key may spend; then 429 insufficient_quota.", min=0)] = None,
-    keys: Annotated[str | None, typer.Option(help="Comma-separated API keys to accept (default: any bearer token).", envvar="FERRYMAN_MOCK_KEYS")] = None,
-    batch_seconds: Annotated[float, typer.Option(help="How long a batch takes from validating to completed.", min=0)] = 6.0,
-    finetune_seconds: Annotated[float, typer.Option(help="How long a fine-tuning job takes from validating_files to succeeded.", min=0)] = 6.0,
+    rpm: Annotated[
+        int | None, typer.Option(help="Requests per minute allowed per API key (default 30000).", min=1)
+    ] = None,
+    tpm: Annotated[
+        int | None, typer.Option(help="Tokens per minute allowed per API key (default 150M).", min=1)
+    ] = None,
+    quota_usd: Annotated[
+        float | None, typer.Option(help="Dollars each key may spend; then 429 insufficient_quota.", min=0)
+    ] = None,
+    keys: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated API keys to accept (default: any bearer token).", envvar="FERRYMAN_MOCK_KEYS"
+        ),
+    ] = None,
+    batch_seconds: Annotated[
+        float, typer.Option(help="How long a batch takes from validating to completed.", min=0)
+    ] = 6.0,
+    finetune_seconds: Annotated[
+        float, typer.Option(help="How long a fine-tuning job takes from validating_files to succeeded.", min=0)
+    ] = 6.0,
     latency_ms: Annotated[float, typer.Option(help="Latency added to every reply.", min=0)] = 0.0,
     fault: Annotated[list[str] | None, typer.Option(help=FAULT_HELP)] = None,
-    fixtures: Annotated[Path | None, typer.Option(help="YAML or JSON file of scripted replies.", exists=True, dir_okay=False)] = None,
-    state: Annotated[Path | None, typer.Option(help="Keep files, batches and jobs in this directory across restarts.", file_okay=False)] = None,
+    fixtures: Annotated[
+        Path | None, typer.Option(help="YAML or JSON file of scripted replies.", exists=True, dir_okay=False)
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="Keep files, batches and jobs in this directory across restarts.", file_okay=False),
+    ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body accepted, in MiB.", min=0.001)] = 32.0,
 ) -> None:
     """Run the OpenAI API emulator (chat, responses, embeddings, files, batches, fine-tuning...).

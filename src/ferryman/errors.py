@@ -83,7 +83,9 @@ def invalid_key(shown: str) -> OpenAIError:
     )
 
 
-def server_error(message: str = "The server had an error while processing your request. Sorry about that!") -> OpenAIError:
+def server_error(
+    message: str = "The server had an error while processing your request. Sorry about that!",
+) -> OpenAIError:
     return OpenAIError(500, message, "server_error", None, "server_error")
 
 

@@ -19,7 +19,16 @@ runner = CliRunner()
 def test_help_documents_the_options_and_fault_grammar():
     result = runner.invoke(app, ["mock", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
     assert result.exit_code == 0
-    for option in ("--rpm", "--tpm", "--batch-seconds", "--finetune-seconds", "--latency-ms", "--fault", "--fixtures", "--state"):
+    for option in (
+        "--rpm",
+        "--tpm",
+        "--batch-seconds",
+        "--finetune-seconds",
+        "--latency-ms",
+        "--fault",
+        "--fixtures",
+        "--state",
+    ):
         assert option in result.output
     assert "cut_after" in result.output and "retry_after_ms" in result.output
 
@@ -54,15 +63,30 @@ def test_mock_process_serves_the_sdk(tmp_path):
     fixtures.write_text("- match: ping\n  content: pong\n")
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ferryman.cli", "mock", "--port", str(port), "--rpm", "100",
-         "--fixtures", str(fixtures), "--fault", "path=/v1/chat/*;model=gpt-4o;status=503"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "ferryman.cli",
+            "mock",
+            "--port",
+            str(port),
+            "--rpm",
+            "100",
+            "--fixtures",
+            str(fixtures),
+            "--fault",
+            "path=/v1/chat/*;model=gpt-4o;status=503",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_up(url, process)
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-cli-test", max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}])
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}]
+        )
         assert raw.parse().choices[0].message.content == "pong"
         assert raw.headers["x-ratelimit-limit-requests"] == "100"
         try:

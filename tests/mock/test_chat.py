@@ -147,7 +147,9 @@ def test_tool_choice_none_and_after_tool_result_give_text(ferryman_mock):
 def test_named_tool_choice_must_exist(ferryman_mock):
     with pytest.raises(openai.BadRequestError) as caught:
         ferryman_mock.client.chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, tools=[WEATHER_TOOL],
+            model="gpt-4o",
+            messages=MESSAGES,
+            tools=[WEATHER_TOOL],
             tool_choice={"type": "function", "function": {"name": "nope"}},
         )
     assert caught.value.body["param"] == "tool_choice"
@@ -193,7 +195,11 @@ def test_json_object_mode_gives_json(ferryman_mock):
 def test_fixture_scripts_content_and_tool_calls(ferryman_mock):
     ferryman_mock.set_fixtures(
         [
-            {"model": "gpt-4o*", "match": "(?i)weather", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
+            {
+                "model": "gpt-4o*",
+                "match": "(?i)weather",
+                "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}],
+            },
             {"match": "hello", "content": "Hi there!"},
         ]
     )
@@ -219,7 +225,9 @@ def test_reasoning_models_report_reasoning_tokens(ferryman_mock):
     reply = ferryman_mock.client.chat.completions.create(model="gpt-6-luna", messages=MESSAGES, reasoning_effort="high")
     details = reply.usage.completion_tokens_details
     assert details.reasoning_tokens > 0
-    assert reply.usage.completion_tokens == details.reasoning_tokens + count_text(reply.choices[0].message.content, "gpt-6-luna")
+    assert reply.usage.completion_tokens == details.reasoning_tokens + count_text(
+        reply.choices[0].message.content, "gpt-6-luna"
+    )
 
 
 def test_long_repeated_prefix_reports_cached_tokens(ferryman_mock):
@@ -227,7 +235,10 @@ def test_long_repeated_prefix_reports_cached_tokens(ferryman_mock):
     create = ferryman_mock.client.chat.completions.create
     first = create(model="gpt-4o-mini", messages=history)
     assert first.usage.prompt_tokens_details.cached_tokens == 0
-    second = create(model="gpt-4o-mini", messages=[*history, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}])
+    second = create(
+        model="gpt-4o-mini",
+        messages=[*history, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}],
+    )
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= 1024 and cached % 128 == 0 and cached <= second.usage.prompt_tokens
 
@@ -259,6 +270,8 @@ def test_context_length_exceeded(ferryman_mock):
 async def test_async_client(ferryman_mock):
     reply = await ferryman_mock.async_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert reply.choices[0].message.content
-    stream = await ferryman_mock.async_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    stream = await ferryman_mock.async_client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
     text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text

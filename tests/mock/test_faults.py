@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -15,10 +16,20 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def test_grammar_parses_every_key():
-    fault = parse_fault("status=503;retry_after_ms=200, should_retry=false;delay_ms=5;ttft_ms=1;chunk_delay_ms=2;cut_after=3;error_after=4;reset")
+    fault = parse_fault(
+        "status=503;retry_after_ms=200, should_retry=false;delay_ms=5;ttft_ms=1;chunk_delay_ms=2;"
+        "cut_after=3;error_after=4;reset"
+    )
     assert fault == Fault(
-        status=503, retry_after_ms=200, should_retry="false", delay_ms=5, ttft_ms=1, chunk_delay_ms=2,
-        cut_after=3, error_after=4, reset=True,
+        status=503,
+        retry_after_ms=200,
+        should_retry="false",
+        delay_ms=5,
+        ttft_ms=1,
+        chunk_delay_ms=2,
+        cut_after=3,
+        error_after=4,
+        reset=True,
     )
     rule = parse_rule("path=/v1/chat/*;model=gpt-4o*;p=0.5;times=2;status=500")
     assert (rule.path, rule.model, rule.p, rule.times, rule.fault.status) == ("/v1/chat/*", "gpt-4o*", 0.5, 2, 500)
@@ -66,13 +77,15 @@ def test_sdk_retries_follow_retry_after_from_a_times_rule(ferryman_mock):
     assert reply.choices
     log = [e for e in ferryman_mock.requests() if e["path"] == "/v1/chat/completions"]
     assert [e["status"] for e in log] == [429, 429, 200]
-    gaps = [b["time"] - a["time"] for a, b in zip(log, log[1:], strict=False)]
+    gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(log)]
     assert all(gap >= 0.29 for gap in gaps)
 
 
 def test_delay_fault_delays(ferryman_mock):
     started = time.perf_counter()
-    ferryman_mock.client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-ferryman-fault": "delay_ms=150"})
+    ferryman_mock.client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, extra_headers={"x-ferryman-fault": "delay_ms=150"}
+    )
     assert time.perf_counter() - started >= 0.15
 
 
@@ -88,7 +101,9 @@ def test_ttft_fault_delays_the_first_chunk(ferryman_mock):
 
 def test_reset_is_a_connection_error(ferryman_mock):
     with pytest.raises(openai.APIConnectionError):
-        ferryman_mock.client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-ferryman-fault": "reset"})
+        ferryman_mock.client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, extra_headers={"x-ferryman-fault": "reset"}
+        )
     assert ferryman_mock.requests()[-1]["status"] == "reset"
 
 

@@ -74,6 +74,7 @@ def test_body_over_the_cap_is_413():
         response = httpx2.post(f"{server.base_url}/chat/completions", json=big, headers=AUTH)
         assert response.status_code == 413
         assert error_of(response)["code"] == "request_too_large"
+
         # A chunked body with no content-length is counted as it arrives.
         def chunks():
             yield b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "'

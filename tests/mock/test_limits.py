@@ -81,7 +81,9 @@ def test_limits_are_per_key(ferryman_mock):
 
 def test_tpm_counts_prompt_plus_output_cap(ferryman_mock):
     ferryman_mock.set_limits(tpm=1000)
-    raw = ferryman_mock.client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES, max_tokens=100)
+    raw = ferryman_mock.client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=100
+    )
     from ferryman.tokens import count_chat_messages
 
     expected = 1000 - count_chat_messages(MESSAGES, "gpt-4o") - 100

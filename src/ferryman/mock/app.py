@@ -9,6 +9,7 @@ OpenAI sends on every reply and an entry in the request log. Resource modules on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -185,8 +186,8 @@ class MockApp:
             return
         except Exception:  # a bug in the mock: answer like OpenAI does, keep serving
             log.exception("mock handler failed for %s %s", scope["method"], path)
-            error = errors.server_error()
-            response = json_response(error.body(), error.status)
+            failure = errors.server_error()
+            response = json_response(failure.body(), failure.status)
         if limit_headers is None and key:
             limit_headers = self.limiter.peek(key)
         extra = {
@@ -208,8 +209,13 @@ class MockApp:
             await response(scope, receive, send)
 
     async def _send_stream(
-        self, response: EventStream, call: Call | None, entry: dict[str, Any],
-        scope: Scope, receive: Receive, send: Send,
+        self,
+        response: EventStream,
+        call: Call | None,
+        entry: dict[str, Any],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         done = response.on_complete
 
@@ -344,10 +350,8 @@ async def reset_connection(scope: Scope, send: Send) -> None:
         raise ConnectionCut
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     transport.abort()
     await asyncio.sleep(0)
 

@@ -89,7 +89,7 @@ async def _dispatch(app: MockApp, request: Request) -> Any:
         body = await _json(request)
         rules = body.get("rules") if isinstance(body, dict) else None
         if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-            raise invalid_request("Send {\"rules\": [\"key=value;...\", ...]}.", "rules")
+            raise invalid_request('Send {"rules": ["key=value;...", ...]}.', "rules")
         app.settings.faults = [parse_rule(r) for r in rules]
         return settings_view(app)
     if route == ("PUT", "/fixtures"):
@@ -107,4 +107,3 @@ async def handle(app: MockApp, request: Request, scope: Scope, receive: Receive,
     except OpenAIError as error:
         response = json_response(error.body(), error.status)
     await response(scope, receive, send)
-

@@ -58,7 +58,9 @@ class MockControl:
 
     def settings(self, **changes: Any) -> dict[str, Any]:
         """Read, or change: rpm, tpm, quota_usd, latency_ms, batch_seconds, finetune_seconds."""
-        result: dict[str, Any] = self._call("PATCH", "/settings", changes) if changes else self._call("GET", "/settings")
+        result: dict[str, Any] = (
+            self._call("PATCH", "/settings", changes) if changes else self._call("GET", "/settings")
+        )
         return result
 
     def set_limits(self, rpm: int | None = None, tpm: int | None = None, quota_usd: float | None = None) -> None:

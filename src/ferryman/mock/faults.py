@@ -76,9 +76,7 @@ class Fault:
         """``other``'s settings win where it has any."""
         empty = Fault()
         changes = {
-            f.name: getattr(other, f.name)
-            for f in fields(self)
-            if getattr(other, f.name) != getattr(empty, f.name)
+            f.name: getattr(other, f.name) for f in fields(self) if getattr(other, f.name) != getattr(empty, f.name)
         }
         return replace(self, **changes)
 

@@ -45,7 +45,6 @@ class BackgroundServer:
         self.host = host
         self.port = port or free_port(host)
         self._server = uvicorn.Server(uvicorn_config(self.app, self.host, self.port))
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._run, name=f"ferryman-mock-{self.port}", daemon=True)
 
     @property

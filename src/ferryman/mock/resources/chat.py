@@ -163,8 +163,16 @@ async def create(call: Call) -> Any:
     if body.get("stream"):
         options = body.get("stream_options") or {}
         return EventStream(
-            _chunks(completion_id, created, model, drafts, usage, options.get("include_usage") is True,
-                    body.get("logprobs") is True, top),
+            _chunks(
+                completion_id,
+                created,
+                model,
+                drafts,
+                usage,
+                options.get("include_usage") is True,
+                body.get("logprobs") is True,
+                top,
+            ),
             "chat",
             call.fault,
         )
@@ -210,8 +218,14 @@ def _pieces(text: str, model: str) -> list[str]:
 
 
 def _chunks(
-    completion_id: str, created: int, model: str, drafts: list[Draft], usage: dict[str, Any],
-    include_usage: bool, logprobs: bool, top: int,
+    completion_id: str,
+    created: int,
+    model: str,
+    drafts: list[Draft],
+    usage: dict[str, Any],
+    include_usage: bool,
+    logprobs: bool,
+    top: int,
 ) -> Iterator[dict[str, Any]]:
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -231,8 +245,12 @@ def _chunks(
         yield chunk(index, {"role": "assistant", "content": "" if not d.tool_calls else None, "refusal": None})
         if d.tool_calls:
             for position, tc in enumerate(d.tool_calls):
-                head = {"index": position, "id": tc.id, "type": "function",
-                        "function": {"name": tc.name, "arguments": ""}}
+                head = {
+                    "index": position,
+                    "id": tc.id,
+                    "type": "function",
+                    "function": {"name": tc.name, "arguments": ""},
+                }
                 yield chunk(index, {"tool_calls": [head]})
                 for piece in _pieces(tc.arguments, model):
                     yield chunk(index, {"tool_calls": [{"index": position, "function": {"arguments": piece}}]})

@@ -14,8 +14,15 @@ def _fine_tuned(call: Call) -> list[dict[str, Any]]:
     for job in call.app.store.all("fine_tuning_jobs"):
         name = job.get("fine_tuned_model")
         if name:
-            out.append({"id": name, "object": "model", "created": job.get("finished_at") or job["created_at"],
-                        "owned_by": "user-ferryman-mock", "shutdown_date": None})
+            out.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": job.get("finished_at") or job["created_at"],
+                    "owned_by": "user-ferryman-mock",
+                    "shutdown_date": None,
+                }
+            )
     return out
 
 
@@ -43,7 +50,9 @@ async def delete(call: Call) -> Any:
             call.app.store.put("fine_tuning_jobs", job)
             return json_response({"id": model, "object": "model", "deleted": True})
     if lookup(model) is not None:
-        raise errors.OpenAIError(403, "You do not have permission to delete this model.", "invalid_request_error", "model")
+        raise errors.OpenAIError(
+            403, "You do not have permission to delete this model.", "invalid_request_error", "model"
+        )
     raise errors.model_not_found(model)
 
 
