@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
+
+from ferryman.mock.app import MockApp
+from ferryman.mock.conformance import ConformanceRecorder
 
 POSTGRES_URL = os.environ.get("FERRYMAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FERRYMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -43,3 +47,20 @@ def postgres_url() -> str:
 def redis_url() -> str:
     _need("Redis", 6379)
     return REDIS_URL
+
+
+# Every body and stream event any mock sends during the suite is checked against OpenAI's spec;
+# a test that makes the mock send something the spec does not allow fails in its teardown.
+_recorder = ConformanceRecorder()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    MockApp.observer = _recorder
+
+
+@pytest.fixture(autouse=True)
+def _replies_conform_to_the_spec() -> Iterator[None]:
+    _recorder.take()
+    yield
+    violations = _recorder.take()
+    assert not violations, "the mock sent bodies that break OpenAI's spec:\n" + "\n".join(violations[:20])

@@ -33,6 +33,7 @@ from ferryman.catalogue import lookup
 from ferryman.errors import OpenAIError
 from ferryman.mock import control, spec
 from ferryman.mock.call import Call, Endpoint, json_response
+from ferryman.mock.conformance import ConformanceRecorder
 from ferryman.mock.faults import Fault, parse_fault, parse_rule
 from ferryman.mock.fixtures import Fixtures
 from ferryman.mock.limits import QuotaLedger, RateLimiter
@@ -51,6 +52,10 @@ _LOGGED_HEADERS = ("content-type", "user-agent", "x-stainless-retry-count", FAUL
 
 class MockApp:
     """An OpenAI API emulator as an ASGI application."""
+
+    # Sees every JSON body and stream event sent (conformance.py). None in normal use; a test
+    # suite may set it on the class to check every app it starts, or on one instance.
+    observer: ConformanceRecorder | None = None
 
     def __init__(self, settings: MockSettings | None = None) -> None:
         self.settings = settings or MockSettings()
@@ -153,11 +158,13 @@ class MockApp:
             "headers": {h: request.headers[h] for h in _LOGGED_HEADERS if h in request.headers},
         }
         call: Call | None = None
+        route = path
         limit_headers: dict[str, str] | None = None
         key = ""
         try:
             endpoint, params = self.match(scope["method"], path)
             scope["path_params"] = params
+            route = endpoint.path
             key = self.authenticate(request)
             entry["key_id"] = key_id(key)
             fault = self.fault_for(request, path, None)
@@ -203,6 +210,12 @@ class MockApp:
         if call is not None and not isinstance(response, EventStream):
             self.settle(call, entry)
         self.requests.add(entry)
+        if self.observer is not None:
+            if isinstance(response, EventStream):
+                observer = self.observer
+                response.observer = lambda event: observer.event(route, event)
+            elif response.media_type == "application/json":
+                self.observer.reply(scope["method"], route, response.status_code, bytes(response.body))
         if isinstance(response, EventStream):
             await self._send_stream(response, call, entry, scope, receive, send)
         else:

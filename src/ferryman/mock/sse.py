@@ -57,6 +57,7 @@ class EventStream:
         self.status_code = 200
         self.headers: dict[str, str] = {}
         self.sent = 0
+        self.observer: Callable[[dict[str, Any]], None] | None = None
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
         if isinstance(self.events, AsyncIterator):
@@ -87,11 +88,15 @@ class EventStream:
                 error = _error_event(self.style)
                 if self.style == "responses":
                     error["sequence_number"] = sequence
+                if self.observer is not None:
+                    self.observer(error)
                 await send({"type": "http.response.body", "body": frame(error, self.style), "more_body": False})
                 return
             if self.style == "responses":
                 event["sequence_number"] = sequence
                 sequence += 1
+            if self.observer is not None:
+                self.observer(event)
             await send({"type": "http.response.body", "body": frame(event, self.style), "more_body": True})
             self.sent += 1
         if fault.cut_after is not None and self.sent >= fault.cut_after:
