@@ -54,6 +54,34 @@ def param_path(parts: list[str | int]) -> str | None:
 _REQUIRED = re.compile(r'^"?(?P<name>[^"]+)"? is a required property')
 
 
+_VERDICTS = (
+    " has more than",
+    " has less than",
+    " is not valid under",
+    " is not of type",
+    " is not one of",
+    " is too long",
+    " is too short",
+    " is longer than",
+    " is shorter than",
+    " is greater than",
+    " is less than",
+    " does not match",
+    " is not a multiple",
+    " was expected",
+)
+
+
+def _without_long_instance(message: str, limit: int = 200) -> str:
+    """jsonschema messages start with the offending value; a huge one says nothing useful."""
+    if len(message) <= limit:
+        return message
+    cut = max(message.rfind(verdict) for verdict in _VERDICTS)
+    if cut > 0:
+        return "The value" + message[cut:][:limit]
+    return message[:limit] + "…"
+
+
 def _describe(error: Any) -> OpenAIError:
     path = list(error.instance_path)
     message: str = error.message
@@ -63,8 +91,7 @@ def _describe(error: Any) -> OpenAIError:
         param = param_path([*path, name])
         return invalid_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     param = param_path(path)
-    if len(message) > 300:
-        message = message[:300] + "…"
+    message = _without_long_instance(message)
     where = f"'{param}'" if param else "the request body"
     return invalid_request(f"Invalid value for {where}: {message}", param, "invalid_value")
 
