@@ -1,7 +1,8 @@
 """Cut the part of OpenAI's OpenAPI spec that the mock serves into the package.
 
-``nullable: true`` (OpenAPI 3.0, which the 3.1 spec still uses in places) is rewritten as
-JSON Schema 2020-12 so that validators see what OpenAI means.
+``nullable: true`` and boolean ``exclusiveMinimum``/``exclusiveMaximum`` (OpenAPI 3.0, which
+the 3.1 spec still uses in places) are rewritten as JSON Schema 2020-12 so that validators see
+what OpenAI means.
 
 The full spec (3 MB of YAML) lives in ``../shared/openai-openapi/openapi.yaml``. The mock
 needs only the operations it implements and the schemas they reference, so this script keeps
@@ -64,9 +65,20 @@ def _nullable(node: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [node, {"type": "null"}]}
 
 
+def _exclusive_bounds(node: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI 3.0's boolean ``exclusiveMinimum: true`` + ``minimum: X`` → 2020-12's ``exclusiveMinimum: X``."""
+    for bound in ("Minimum", "Maximum"):
+        flag = node.get(f"exclusive{bound}")
+        if isinstance(flag, bool):
+            del node[f"exclusive{bound}"]
+            if flag and bound.lower() in node:
+                node[f"exclusive{bound}"] = node.pop(bound.lower())
+    return node
+
+
 def _strip(node: Any) -> Any:
     if isinstance(node, dict):
-        out = {k: _strip(v) for k, v in node.items() if k not in DROP_KEYS}
+        out = _exclusive_bounds({k: _strip(v) for k, v in node.items() if k not in DROP_KEYS})
         return _nullable(out) if out.get("nullable") is True else out
     if isinstance(node, list):
         return [_strip(v) for v in node]
