@@ -47,6 +47,30 @@ PATHS = [
 ]
 # Schemas the mock validates against that no kept operation references directly.
 EXTRA_SCHEMAS = ["ErrorResponse", "ResponseStreamEvent", "CreateChatCompletionStreamResponse"]
+# Fields OpenAI sends as null (its own examples show it) that the spec types as non-nullable,
+# and enum values it sends that the spec lacks. The mock follows the API, so its validators must.
+NULLABLE_IN_PRACTICE = {
+    "OpenAIFile": ["expires_at", "status_details"],
+    "Batch": [
+        "cancelled_at",
+        "cancelling_at",
+        "completed_at",
+        "error_file_id",
+        "errors",
+        "expired_at",
+        "expires_at",
+        "failed_at",
+        "finalizing_at",
+        "in_progress_at",
+        "output_file_id",
+        "model",
+        "usage",
+    ],
+    "ListFilesResponse": ["first_id", "last_id"],
+    "ListBatchesResponse": ["first_id", "last_id"],
+    "ResponseItemList": ["first_id", "last_id"],
+}
+EXTRA_ENUM_VALUES = {("OpenAIFile", "purpose"): ["evals"]}
 DROP_KEYS = {"x-oaiMeta", "x-codeSamples", "examples", "example", "x-oaiExpandable"}
 
 
@@ -109,6 +133,13 @@ def main(src: str) -> None:
         name = (wanted - done).pop()
         done.add(name)
         _refs(schemas[name], wanted)
+    kept = {n: _strip(schemas[n]) for n in sorted(done)}
+    for name, fields in NULLABLE_IN_PRACTICE.items():
+        props = kept[name]["properties"]
+        for field in fields:
+            props[field] = _nullable({**props[field], "nullable": True})
+    for (name, field), values in EXTRA_ENUM_VALUES.items():
+        kept[name]["properties"][field]["enum"] += values
     out = {
         "openapi": spec["openapi"],
         "info": {
@@ -121,7 +152,7 @@ def main(src: str) -> None:
             },
         },
         "paths": paths,
-        "components": {"schemas": {n: _strip(schemas[n]) for n in sorted(done)}},
+        "components": {"schemas": kept},
     }
     OUT.write_text(json.dumps(out, separators=(",", ":"), sort_keys=True))
     print(f"{OUT}: {len(paths)} paths, {len(done)} schemas, {OUT.stat().st_size} bytes")

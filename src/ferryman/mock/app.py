@@ -31,14 +31,14 @@ from starlette.types import Receive, Scope, Send
 from ferryman import errors
 from ferryman.catalogue import lookup
 from ferryman.errors import OpenAIError
-from ferryman.mock import control, spec
+from ferryman.mock import control
 from ferryman.mock.call import Call, Endpoint, json_response
 from ferryman.mock.conformance import ConformanceRecorder
 from ferryman.mock.faults import Fault, parse_fault, parse_rule
 from ferryman.mock.fixtures import Fixtures
 from ferryman.mock.limits import QuotaLedger, RateLimiter
 from ferryman.mock.prompt_cache import PromptCache
-from ferryman.mock.resources import ALL_MODULES
+from ferryman.mock.resources import ALL_MODULES, fine_tuning
 from ferryman.mock.settings import MockSettings
 from ferryman.mock.sse import ConnectionCut, EventStream
 from ferryman.mock.state import ObjectStore, RequestLog, Tasks
@@ -165,15 +165,15 @@ class MockApp:
             endpoint, params = self.match(scope["method"], path)
             scope["path_params"] = params
             route = endpoint.path
-            key = self.authenticate(request)
-            entry["key_id"] = key_id(key)
+            # From here on a key is known only by its hash: nothing below can leak it.
+            key = key_id(self.authenticate(request))
+            entry["key_id"] = key
             fault = self.fault_for(request, path, None)
             body = await self.read_body(request, endpoint)
             model = body.get("model") if isinstance(body, dict) else None
             entry["body"] = body if endpoint.body == "json" else None
             entry["model"] = model if isinstance(model, str) else None
-            if endpoint.schema is not None:
-                spec.check(endpoint.schema, body)
+            endpoint.check_body(body)
             if endpoint.inference and isinstance(model, str):
                 self.check_model(model)
             fault = fault.merged(self.rule_fault(path, entry["model"]))
@@ -290,9 +290,7 @@ class MockApp:
     def check_model(self, model: str) -> None:
         if lookup(model) is not None and not model.startswith("ft:"):
             return
-        if model.startswith("ft:") and any(
-            job.get("fine_tuned_model") == model for job in self.store.all("fine_tuning_jobs")
-        ):
+        if model.startswith("ft:") and fine_tuning.serves(self, model):
             return
         raise errors.model_not_found(model)
 

@@ -11,6 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ferryman.mock import spec
 from ferryman.mock.faults import Fault
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class Call:
     request: Request
     app: MockApp
     request_id: str
-    key: str
+    key: str  # the caller's key id (a hash, ``key_…``): limits, quotas and objects hang on it
     body: Any = None
     fault: Fault = field(default_factory=Fault)
     model: str | None = None
@@ -52,8 +53,8 @@ class Endpoint:
     """``method path`` served by ``handler``.
 
     ``schema`` names the request body's schema in OpenAI's spec (validated before the handler
-    runs); ``inference`` marks endpoints that name a model that must exist, spend tokens
-    against TPM and cost money.
+    runs), or ``validate`` checks the body where the spec needs adjusting. ``inference`` marks
+    endpoints that name a model that must exist, spend tokens against TPM and cost money.
     """
 
     method: str
@@ -61,7 +62,15 @@ class Endpoint:
     handler: Handler
     body: BodyKind = "none"
     schema: str | None = None
+    validate: Callable[[Any], None] | None = None  # a body check of its own, instead of ``schema``
     inference: bool = False
+
+    def check_body(self, body: Any) -> None:
+        """Raise an OpenAI-format 400 if ``body`` is not what this endpoint accepts."""
+        if self.schema is not None:
+            spec.check(self.schema, body)
+        if self.validate is not None:
+            self.validate(body)
 
 
 class JSONResponse(Response):

@@ -141,3 +141,20 @@ def draft(ask: Ask, fixtures: Fixtures, rng: random.Random) -> Draft:
         result.content = truncate_tokens(result.content or "", ask.max_tokens, ask.model)
         result.finish_reason = "length"
     return result
+
+
+def pieces(text: str, model: str) -> list[str]:
+    """Split text into stream deltas of about one token each, never splitting a character."""
+    encoding = get_encoding(_encoding_name(model))
+    pieces: list[str] = []
+    pending = b""
+    for token_id in encoding.encode(text, disallowed_special=()):
+        pending += encoding.decode_single_token_bytes(token_id)
+        try:
+            pieces.append(pending.decode("utf-8"))
+            pending = b""
+        except UnicodeDecodeError:
+            continue
+    if pending:
+        pieces.append(pending.decode("utf-8", errors="replace"))
+    return pieces

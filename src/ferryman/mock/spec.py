@@ -98,7 +98,11 @@ def _describe(error: Any) -> OpenAIError:
 
 def check(schema_name: str, body: Any) -> None:
     """Raise an OpenAI-format 400 for the most specific problem, if ``body`` is invalid."""
-    v = validator(schema_name)
+    check_with(validator(schema_name), body)
+
+
+def check_with(v: Any, body: Any) -> None:
+    """:func:`check` with a validator of the caller's (e.g. one with relaxed schemas)."""
     if v.is_valid(body):
         return
     errors = list(v.iter_errors(body))

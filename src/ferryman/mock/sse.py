@@ -49,6 +49,7 @@ class EventStream:
         style: Style,
         fault: Fault | None = None,
         on_complete: Callable[[], None] | None = None,
+        first_sequence: int = 0,
     ) -> None:
         self.events = events
         self.style = style
@@ -57,6 +58,7 @@ class EventStream:
         self.status_code = 200
         self.headers: dict[str, str] = {}
         self.sent = 0
+        self.first_sequence = first_sequence
         self.observer: Callable[[dict[str, Any]], None] | None = None
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
@@ -76,7 +78,7 @@ class EventStream:
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
         fault = self.fault
-        sequence = 0
+        sequence = self.first_sequence
         async for event in self._iterate():
             if self.sent == 0 and fault.ttft_ms:
                 await asyncio.sleep(fault.ttft_ms / 1000)

@@ -11,7 +11,7 @@ from ferryman.catalogue import lookup
 from ferryman.errors import OpenAIError, invalid_request
 from ferryman.mock import generate, replies
 from ferryman.mock.call import Call, Endpoint, json_response
-from ferryman.mock.replies import Ask, Draft, Function
+from ferryman.mock.replies import Ask, Draft, Function, pieces
 from ferryman.mock.sse import EventStream
 from ferryman.mock.state import new_id
 from ferryman.tokens import count_chat_messages, count_text, get_encoding
@@ -200,23 +200,6 @@ async def create(call: Call) -> Any:
     )
 
 
-def _pieces(text: str, model: str) -> list[str]:
-    """Split text into stream deltas of about one token each, never splitting a character."""
-    encoding = get_encoding(_encoding_name(model))
-    pieces: list[str] = []
-    pending = b""
-    for token_id in encoding.encode(text, disallowed_special=()):
-        pending += encoding.decode_single_token_bytes(token_id)
-        try:
-            pieces.append(pending.decode("utf-8"))
-            pending = b""
-        except UnicodeDecodeError:
-            continue
-    if pending:
-        pieces.append(pending.decode("utf-8", errors="replace"))
-    return pieces
-
-
 def _chunks(
     completion_id: str,
     created: int,
@@ -252,13 +235,13 @@ def _chunks(
                     "function": {"name": tc.name, "arguments": ""},
                 }
                 yield chunk(index, {"tool_calls": [head]})
-                for piece in _pieces(tc.arguments, model):
+                for piece in pieces(tc.arguments, model):
                     yield chunk(index, {"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
         elif d.refusal is not None:
-            for piece in _pieces(d.refusal, model):
+            for piece in pieces(d.refusal, model):
                 yield chunk(index, {"refusal": piece})
         else:
-            for piece in _pieces(d.content or "", model):
+            for piece in pieces(d.content or "", model):
                 lp = _logprobs(piece, model, top) if logprobs else None
                 yield chunk(index, {"content": piece}, None, lp)
         yield chunk(index, {}, d.finish_reason)

@@ -184,7 +184,10 @@ def logprobs_of(
                 alternatives[alt] = round(logprob - 0.5 * len(alternatives) - rng.uniform(0.0, 1.0), 6)
         top_logprobs.append(alternatives)
     return {
-        "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
     }
 
 
@@ -269,7 +272,12 @@ def _pieces(ids: list[int], model: str) -> list[list[int]]:
 
 
 def _stream(
-    completion_id: str, created: int, model: str, kept: list[Choice], echo: bool, top: int | None,
+    completion_id: str,
+    created: int,
+    model: str,
+    kept: list[Choice],
+    echo: bool,
+    top: int | None,
     usage: dict[str, int] | None,
 ) -> Iterator[dict[str, Any]]:
     encoding = encoding_for_model(model)

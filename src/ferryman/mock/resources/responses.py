@@ -1,5 +1,0 @@
-"""(being written)"""
-
-from ferryman.mock.call import Endpoint
-
-ENDPOINTS: list[Endpoint] = []
