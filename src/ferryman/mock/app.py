@@ -47,6 +47,7 @@ from ferryman.tokens import count_request_prompt_tokens, max_output_tokens
 log = logging.getLogger("ferryman.mock")
 
 FAULT_HEADER = "x-ferryman-fault"
+NO_FAULT = Fault()
 _LOGGED_HEADERS = ("content-type", "user-agent", "x-stainless-retry-count", FAULT_HEADER, "idempotency-key")
 
 
@@ -168,7 +169,7 @@ class MockApp:
             # From here on a key is known only by its hash: nothing below can leak it.
             key = key_id(self.authenticate(request))
             entry["key_id"] = key
-            fault = self.fault_for(request, path, None)
+            fault = self.fault_for(request)
             body = await self.read_body(request, endpoint)
             model = body.get("model") if isinstance(body, dict) else None
             entry["body"] = body if endpoint.body == "json" else None
@@ -176,16 +177,23 @@ class MockApp:
             endpoint.check_body(body)
             if endpoint.inference and isinstance(model, str):
                 self.check_model(model)
-            fault = fault.merged(self.rule_fault(path, entry["model"]))
-            entry["fault"] = None if fault.is_empty else fault.__dict__
-            await self.apply_pre_faults(fault, scope, send)
+            if self.settings.faults:
+                fault = fault.merged(self.rule_fault(path, entry["model"]))
+            if fault is not NO_FAULT and not fault.is_empty:
+                entry["fault"] = fault.__dict__
+                await self.apply_pre_faults(fault)
+            elif self.settings.latency_ms:
+                await asyncio.sleep(self.settings.latency_ms / 1000)
             call = Call(request, self, request_id, key, body, fault, entry["model"])
             if endpoint.inference:
                 self.quota.check(key)
-                limit_headers = self.limiter.acquire(key, estimate_tokens(path, body), call.model)
+                call.prompt_tokens, output_cap = estimate_tokens(path, body)
+                limit_headers = self.limiter.acquire(key, call.prompt_tokens + output_cap, call.model)
             response = await endpoint.handler(call)
         except OpenAIError as error:
             response = json_response(error.body(), error.status, error.headers)
+            if "x-ratelimit-limit-requests" in error.headers:  # a 429 from the limiter carries its own
+                limit_headers = {}
         except ConnectionCut:
             entry["status"] = "reset"
             self.requests.add(entry)
@@ -204,7 +212,10 @@ class MockApp:
             "openai-processing-ms": str(max(0, round((time.perf_counter() - started) * 1000))),
             **(limit_headers or {}),
         }
-        response.headers.update(extra)
+        if isinstance(response, EventStream):
+            response.headers.update(extra)
+        else:  # appending raw headers is several times cheaper than MutableHeaders.update
+            response.raw_headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
         entry["status"] = response.status_code
         entry["stream"] = isinstance(response, EventStream)
         if call is not None and not isinstance(response, EventStream):
@@ -294,9 +305,9 @@ class MockApp:
             return
         raise errors.model_not_found(model)
 
-    def fault_for(self, request: Request, path: str, model: str | None) -> Fault:
+    def fault_for(self, request: Request) -> Fault:
         header = request.headers.get(FAULT_HEADER)
-        return parse_fault(header) if header else Fault()
+        return parse_fault(header) if header else NO_FAULT
 
     def rule_fault(self, path: str, model: str | None) -> Fault:
         fault = Fault()
@@ -305,7 +316,7 @@ class MockApp:
                 fault = fault.merged(rule.fault)
         return fault
 
-    async def apply_pre_faults(self, fault: Fault, scope: Scope, send: Send) -> None:
+    async def apply_pre_faults(self, fault: Fault) -> None:
         delay = fault.delay_ms + self.settings.latency_ms
         if delay:
             await asyncio.sleep(delay / 1000)
@@ -324,14 +335,12 @@ class MockApp:
             self.quota.charge(call.key, call.cost_usd)
 
 
-def estimate_tokens(path: str, body: Any) -> int:
-    """What a request counts against TPM: prompt tokens plus the output cap it asks for."""
+def estimate_tokens(path: str, body: Any) -> tuple[int, int]:
+    """What a request counts against TPM: its prompt tokens and the output cap it asks for."""
     if not isinstance(body, dict):
-        return 0
+        return 0, 0
     endpoint = path.removeprefix("/v1")
-    prompt = count_request_prompt_tokens(endpoint, body)
-    output = max_output_tokens(endpoint, body) or 0
-    return prompt + output
+    return count_request_prompt_tokens(endpoint, body), max_output_tokens(endpoint, body) or 0
 
 
 def key_id(key: str) -> str:

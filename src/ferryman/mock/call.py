@@ -35,6 +35,7 @@ class Call:
     usage: dict[str, Any] | None = None
     cost_usd: Decimal | None = None
     internal: bool = False  # run by the mock itself (a batch line): no limits, no log
+    prompt_tokens: int | None = None  # counted by the front door for the rate limit, when it did
 
     @property
     def path_params(self) -> dict[str, Any]:

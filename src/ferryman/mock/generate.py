@@ -130,17 +130,20 @@ _WORDS = [
 _VOLATILE = {"stream", "stream_options", "user", "metadata", "store", "service_tier"}
 
 
+_UNSEEDED = random.Random()  # one generator for every unseeded reply: seeding one costs more than the reply
+
+
 def rng_for(body: Any, salt: str = "") -> random.Random:
     """Seeded from ``seed`` plus the request when a seed is given; fresh otherwise."""
     if isinstance(body, dict) and isinstance(body.get("seed"), int):
         stable = {k: v for k, v in body.items() if k not in _VOLATILE}
         digest = hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS) + salt.encode())
         return random.Random(int.from_bytes(digest.digest()[:8], "big"))
-    return random.Random()
+    return _UNSEEDED
 
 
 def sentence(rng: random.Random, words: int) -> str:
-    picked = [rng.choice(_WORDS) for _ in range(max(1, words))]
+    picked = rng.choices(_WORDS, k=max(1, words))
     picked[0] = picked[0].capitalize()
     return " ".join(picked) + "."
 

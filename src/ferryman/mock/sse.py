@@ -18,6 +18,8 @@ from starlette.types import Receive, Scope, Send
 from ferryman.mock.faults import Fault
 
 Style = Literal["chat", "responses"]
+COALESCE_EVENTS = 16
+COALESCE_BYTES = 8192
 
 
 class ConnectionCut(Exception):
@@ -79,6 +81,12 @@ class EventStream:
         await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
         fault = self.fault
         sequence = self.first_sequence
+        # Events a handler has ready at once go out in a few writes, not one each: a write per
+        # event is most of a stream's cost. Timing faults and live sources keep one per event.
+        timed = bool(fault.ttft_ms or fault.chunk_delay_ms) or fault.cut_after is not None
+        coalesce = not timed and fault.error_after is None and not isinstance(self.events, AsyncIterator)
+        pending: list[bytes] = []
+        pending_bytes = 0
         async for event in self._iterate():
             if self.sent == 0 and fault.ttft_ms:
                 await asyncio.sleep(fault.ttft_ms / 1000)
@@ -99,8 +107,18 @@ class EventStream:
                 sequence += 1
             if self.observer is not None:
                 self.observer(event)
-            await send({"type": "http.response.body", "body": frame(event, self.style), "more_body": True})
+            data = frame(event, self.style)
             self.sent += 1
+            if not coalesce:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                continue
+            pending.append(data)
+            pending_bytes += len(data)
+            if len(pending) >= COALESCE_EVENTS or pending_bytes >= COALESCE_BYTES:
+                await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
+                pending, pending_bytes = [], 0
+        if pending:
+            await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
         if fault.cut_after is not None and self.sent >= fault.cut_after:
             raise ConnectionCut
         tail = b"data: [DONE]\n\n" if self.style == "chat" else b""

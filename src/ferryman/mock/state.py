@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -21,9 +20,15 @@ from typing import Any
 KINDS = ("files", "batches", "fine_tuning_jobs", "responses", "chat_completions")
 
 
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+# Maps each byte onto the alphabet; 256 is not a multiple of 62, so a few letters are a little
+# likelier than others, which an id (unique, not secret) does not mind.
+_ID_TABLE = bytes(_ALPHABET[i % len(_ALPHABET)] for i in range(256))
+
+
 def new_id(prefix: str, length: int = 24) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+    """``prefix`` + ``length`` random letters and digits, like OpenAI's object ids."""
+    return prefix + os.urandom(length).translate(_ID_TABLE).decode()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

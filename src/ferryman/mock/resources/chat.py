@@ -146,7 +146,9 @@ async def create(call: Call) -> Any:
     model: str = body["model"]
     check_endpoint_fits(model, "chat")
     tools = body.get("tools")
-    prompt_tokens = count_chat_messages(body["messages"], model, tools=tools, tool_choice=body.get("tool_choice"))
+    prompt_tokens = call.prompt_tokens
+    if prompt_tokens is None:
+        prompt_tokens = count_chat_messages(body["messages"], model, tools=tools, tool_choice=body.get("tool_choice"))
     ask = ask_from(body, model)
     check_context(model, prompt_tokens, ask.max_tokens)
     n = body.get("n") or 1
