@@ -1,0 +1,166 @@
+"""Settings: one ``ferryman.toml`` plus ``FERRYMAN_*`` environment variables, validated.
+
+The file is ``./ferryman.toml`` or the path in ``FERRYMAN_CONFIG``; environment variables
+override it, nested with ``__`` (``FERRYMAN_CACHE__MODE=all``). With no deployments set, the
+one upstream is ``OPENAI_BASE_URL`` (default OpenAI's) with ``OPENAI_API_KEY``, as in the SDK.
+Secrets are references (``env:NAME``, ``keyring:SERVICE/NAME``, ``file:/path``), resolved by
+:mod:`ferryman.secrets` when first used and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+class DeploymentSettings(BaseModel):
+    """One place that serves models: OpenAI, Azure OpenAI, or any compatible base URL."""
+
+    name: str = "openai"
+    base_url: str = OPENAI_BASE_URL
+    api_keys: list[str] = Field(default_factory=lambda: ["env:OPENAI_API_KEY"])  # secret references
+    kind: Literal["openai", "azure"] = "openai"
+    api_version: str | None = None  # Azure: the api-version query parameter
+    azure_deployments: dict[str, str] = Field(default_factory=dict)  # Azure: model -> deployment name
+    models: list[str] = Field(default_factory=lambda: ["*"])  # globs of the models it serves
+    weight: float = Field(1.0, gt=0)
+    rpm: int | None = Field(None, gt=0)  # pacing seeds, corrected live from x-ratelimit-* headers
+    tpm: int | None = Field(None, gt=0)
+    timeout_s: float = Field(600.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class RetrySettings(BaseModel):
+    max_attempts: int = Field(4, ge=1, le=20)  # including the first
+    base_delay_s: float = Field(0.5, ge=0)
+    max_delay_s: float = Field(8.0, ge=0)
+    max_retry_after_s: float = Field(60.0, ge=0)  # a longer retry-after is not waited for
+    deadline_s: float = Field(300.0, gt=0)  # for all attempts of one call together
+
+
+class PacingSettings(BaseModel):
+    enabled: bool = True
+    max_wait_s: float = Field(300.0, ge=0)  # a call waiting longer is refused with a 429
+
+
+class CacheSettings(BaseModel):
+    mode: Literal["off", "deterministic", "all"] = "off"
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, gt=0)
+
+
+class RoutingSettings(BaseModel):
+    aliases: dict[str, list[str]] = Field(default_factory=dict)  # fast = ["gpt-6-luna", "gpt-4o-mini"]
+    breaker_failures: int = Field(5, ge=1)  # failures in the window that open a deployment's breaker
+    breaker_window_s: float = Field(30.0, gt=0)
+    breaker_cooldown_s: float = Field(15.0, gt=0)  # open this long, then one half-open probe
+
+
+class BudgetRule(BaseModel):
+    """A hard cap: ``scope`` is ``process``, ``tag:team`` (each team separately),
+    ``tag:team=a`` (that team), ``key`` (each virtual key) or ``key:NAME``."""
+
+    scope: str = "process"
+    period: Literal["day", "month"] = "day"
+    usd: Decimal = Field(gt=0)
+
+
+class AuditSettings(BaseModel):
+    enabled: bool = True
+    bodies: Literal["none", "redacted", "full"] = "redacted"
+    checkpoint_key: str | None = None  # secret reference for signing checkpoints
+
+
+class TelemetrySettings(BaseModel):
+    prometheus: bool = True
+    otel: bool = False
+    json_logs: bool = False
+
+
+class StoreSettings(BaseModel):
+    url: str | None = None  # SQLAlchemy URL; default SQLite in the user data directory
+    redis_url: str | None = None
+    shared: bool = False  # several processes share limits and budgets: needs PostgreSQL + Redis
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(os.environ.get("FERRYMAN_DATA_DIR") or user_data_dir("ferryman", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FERRYMAN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file="ferryman.toml",
+    )
+
+    deployments: list[DeploymentSettings] = Field(default_factory=list)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    pacing: PacingSettings = Field(default_factory=PacingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    budgets: list[BudgetRule] = Field(default_factory=list)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    pricing_file: Path | None = None  # overrides for data/prices.json (same format)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get("FERRYMAN_CONFIG", "ferryman.toml")
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+    @model_validator(mode="after")
+    def _defaults_and_sharing(self) -> Settings:
+        if not self.deployments:
+            self.deployments = [
+                DeploymentSettings(
+                    name="default",
+                    base_url=os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
+                    api_keys=["env:OPENAI_API_KEY"],
+                )
+            ]
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"deployment names must be unique, got {names}")
+        if self.store.shared:
+            url = self.store.url or ""
+            if not url or url.startswith("sqlite"):
+                raise ValueError("store.shared needs a shared database: set store.url to a PostgreSQL URL")
+            if not self.store.redis_url:
+                raise ValueError("store.shared needs Redis for limits, budgets and cache: set store.redis_url")
+        return self
+
+    def database_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        directory = default_data_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{directory / 'ferryman.db'}"
+
+
+def load(**overrides: Any) -> Settings:
+    """Settings from the file and environment, with keyword overrides on top."""
+    return Settings(**overrides)

@@ -1,0 +1,80 @@
+"""Removing secrets and personal data from text and JSON before anything is logged or stored.
+
+Keys (``sk-…``, Ferryman's ``fm-…``) and bearer tokens are always removed. Personal data
+(e-mail addresses, phone numbers, card numbers that pass the Luhn check, IBANs) is replaced by
+typed placeholders when bodies are kept ``redacted``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SECRET = "[REDACTED]"
+
+_KEY = re.compile(r"\b(?:sk|fm)-[A-Za-z0-9_\-]{8,}")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}")
+_SECRET_FIELDS = re.compile(r"(?i)^(authorization|api[-_]?key|x-api-key|api-key|openai-api-key|password|secret|token)$")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+_CARD = re.compile(r"\b(?:\d[ \-]?){13,19}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
+_PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().\-]{7,}\d\b")
+
+
+def secrets(text: str) -> str:
+    """Remove API keys and bearer tokens."""
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {SECRET}", text)
+    return _KEY.sub(SECRET, text)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return "[CARD]" if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
+
+
+def _iban(match: re.Match[str]) -> str:
+    raw = match.group(0).replace(" ", "")
+    moved = raw[4:] + raw[:4]
+    number = "".join(str(int(c, 36)) for c in moved)
+    return "[IBAN]" if 15 <= len(raw) <= 34 and int(number) % 97 == 1 else match.group(0)
+
+
+def personal(text: str) -> str:
+    """Replace e-mails, card numbers (Luhn), IBANs (mod 97) and phone numbers."""
+    text = _EMAIL.sub("[EMAIL]", text)
+    text = _IBAN.sub(_iban, text)
+    text = _CARD.sub(_card, text)
+    return _PHONE.sub("[PHONE]", text)
+
+
+def text(value: str, pii: bool = True) -> str:
+    value = secrets(value)
+    return personal(value) if pii else value
+
+
+def json_value(value: Any, pii: bool = True) -> Any:
+    """Redact every string in a JSON value; fields named like secrets are blanked whole."""
+    if isinstance(value, str):
+        return text(value, pii)
+    if isinstance(value, list):
+        return [json_value(v, pii) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: (SECRET if isinstance(k, str) and _SECRET_FIELDS.match(k) else json_value(v, pii))
+            for k, v in value.items()
+        }
+    return value
+
+
+def headers(items: dict[str, str]) -> dict[str, str]:
+    return {k: (SECRET if _SECRET_FIELDS.match(k) else secrets(v)) for k, v in items.items()}

@@ -1,0 +1,76 @@
+"""Upstream secrets: from the environment, the system keyring, or a private file.
+
+A setting holds a reference, never the secret: ``env:OPENAI_API_KEY``, ``keyring:SERVICE/NAME``
+or ``file:/path/to/key``. A file that its group or others can read is refused. Resolved values
+are kept in :class:`Secret`, whose ``repr`` and ``str`` never show them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class SecretError(ValueError):
+    """A reference that cannot be resolved (the message never holds the secret)."""
+
+
+class Secret:
+    __slots__ = ("_value", "reference")
+
+    def __init__(self, value: str, reference: str) -> None:
+        self._value = value
+        self.reference = reference
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.reference!r})"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def resolve(reference: str) -> Secret:
+    kind, sep, rest = reference.partition(":")
+    if not sep:
+        raise SecretError(
+            "secret settings are references (env:NAME, keyring:SERVICE/NAME, file:/path); "
+            "a literal key in settings is refused"
+        )
+    if kind == "env":
+        value = os.environ.get(rest)
+        if not value:
+            raise SecretError(f"environment variable {rest} is not set")
+        return Secret(value.strip(), reference)
+    if kind == "keyring":
+        service, _, name = rest.partition("/")
+        try:
+            import keyring
+        except ImportError:
+            raise SecretError("keyring references need the keyring package") from None
+        found = keyring.get_password(service, name)
+        if not found:
+            raise SecretError(f"no keyring entry {service}/{name}")
+        return Secret(found.strip(), reference)
+    if kind == "file":
+        path = Path(rest).expanduser()
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecretError(f"secret file {path} is readable by group or others: chmod 600 {path}")
+        return Secret(path.read_text().strip(), reference)
+    raise SecretError(f"unknown secret reference kind {kind!r} (use env:, keyring: or file:)")
+
+
+def resolve_optional(reference: str) -> Secret | None:
+    """Like :func:`resolve`, but an unset environment variable is ``None`` (no key)."""
+    if reference.startswith("env:") and not os.environ.get(reference[4:]):
+        return None
+    return resolve(reference)

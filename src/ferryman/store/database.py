@@ -1,0 +1,90 @@
+"""Opening the store: engine, pragmas, migrations, and running blocking calls off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+
+from ferryman.config import Settings
+
+T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (Alembic, run in-process)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+class Store:
+    """The database (and Redis, when configured) one process uses.
+
+    Blocking database work runs on a small thread pool (one thread for SQLite, which allows one
+    writer at a time) so the event loop never waits on the disk.
+    """
+
+    def __init__(self, engine: Engine, redis_url: str | None = None) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._pool = ThreadPoolExecutor(max_workers=1 if self.is_sqlite else 8, thread_name_prefix="ferryman-db")
+        self.redis_url = redis_url
+        self._redis: Any = None
+        self._redis_lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def redis(self) -> Any:
+        """A ``redis.asyncio.Redis`` for this process, or None when no Redis is configured."""
+        if self.redis_url is None:
+            return None
+        with self._redis_lock:
+            if self._redis is None:
+                import redis.asyncio as aioredis
+
+                self._redis = aioredis.from_url(self.redis_url)
+            return self._redis
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def open_store(settings: Settings, url: str | None = None, migrate_schema: bool = True) -> Store:
+    engine = make_engine(url or settings.database_url())
+    if migrate_schema:
+        migrate(engine)
+    return Store(engine, settings.store.redis_url)

@@ -1,0 +1,92 @@
+"""The tables, in SQLAlchemy Core. Changed only together with a migration in ``migrations/``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+USD = Numeric(20, 10)
+
+# One append-only, hash-chained record per call (see pipeline/audit.py).
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),  # unix time, seconds
+    Column("request_id", String(64)),
+    Column("principal", String(128), nullable=False),
+    Column("upstream", String(128)),
+    Column("model", String(128)),
+    Column("endpoint", String(128), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", USD, nullable=False, default=0),
+    Column("cache", String(16), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("error", Text),
+    Column("request_body", Text),  # none | redacted | full, per audit.bodies
+    Column("response_body", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("audit_ts", audit.c.ts)
+
+# The chain's anchors: a signed checkpoint of the head (and of the point prune cut at).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(16), nullable=False),  # head | prune
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+# Spend per budget scope and period window; reserved is held by calls in flight.
+budget_counters = Table(
+    "budget_counters",
+    metadata,
+    Column("scope", String(256), primary_key=True),
+    Column("window", String(16), primary_key=True),  # 2026-11-25 | 2026-11
+    Column("spent_usd", USD, nullable=False, default=0),
+    Column("reserved_usd", USD, nullable=False, default=0),
+    Column("updated", Float, nullable=False),
+)
+
+# Cached replies (exact match on the normalised request).
+cache_entries = Table(
+    "cache_entries",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("model", String(128)),
+)
+Index("cache_expires", cache_entries.c.expires)
