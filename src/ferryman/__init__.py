@@ -28,6 +28,9 @@ def http_client(**overrides: Any) -> httpx2.Client:
     return httpx2.Client(transport=FerrymanTransport(pipeline.build(**overrides)), timeout=timeout)
 
 
+# ``overrides`` are keyword overrides of ferryman.config.Settings, or ``settings=`` a Settings.
+
+
 def async_http_client(**overrides: Any) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` whose transport runs the pipeline (for ``openai.AsyncOpenAI``)."""
     import httpx2

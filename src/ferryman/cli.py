@@ -20,6 +20,12 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+
+def _register_subcommands() -> None:
+    from ferryman.audit.cli import app as audit_app
+
+    app.add_typer(audit_app, name="audit")
+
 FAULT_HELP = (
     "Inject faults into matching requests; repeatable. A rule is key=value pairs joined by ';'. "
     "Selectors: path=GLOB, model=GLOB, p=PROBABILITY, times=N. Actions: status=CODE "
@@ -119,6 +125,8 @@ def mock(
     err.print(f"ferryman mock on [bold]http://{host}:{port}/v1[/bold]  (control API at /_ferryman/)")
     serve(mock_app, host, port)
 
+
+_register_subcommands()
 
 if __name__ == "__main__":
     app()
