@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from ferryman import errors
 from ferryman.catalogue import lookup
 from ferryman.errors import OpenAIError
-from ferryman.mock import control
+from ferryman.mock import control, spec
 from ferryman.mock.call import Call, Endpoint, json_response
 from ferryman.mock.conformance import ConformanceRecorder
 from ferryman.mock.faults import Fault, parse_fault, parse_rule
@@ -222,15 +222,23 @@ class MockApp:
             self.settle(call, entry)
         self.requests.add(entry)
         if self.observer is not None:
-            if isinstance(response, EventStream):
-                observer = self.observer
-                response.observer = lambda event: observer.event(route, event)
-            elif response.media_type == "application/json":
-                self.observer.reply(scope["method"], route, response.status_code, bytes(response.body))
+            self._observe(response, scope["method"], route)
         if isinstance(response, EventStream):
             await self._send_stream(response, call, entry, scope, receive, send)
         else:
             await response(scope, receive, send)
+
+    def _observe(self, response: Response | EventStream, method: str, route: str) -> None:
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            if isinstance(response, EventStream):
+                response.observer = lambda event: observer.event(route, event)
+            elif response.media_type == "application/json":
+                observer.reply(method, route, response.status_code, bytes(response.body))
+        except Exception:  # an observer's failure must never change what the client gets
+            log.exception("conformance observer failed")
 
     async def _send_stream(
         self,
@@ -294,7 +302,7 @@ class MockApp:
                 raise body_too_large(size, limit)
             chunks.append(chunk)
         try:
-            return orjson.loads(b"".join(chunks))
+            return spec.normalise_numbers(orjson.loads(b"".join(chunks)))
         except orjson.JSONDecodeError:
             raise errors.unparsable_json() from None
 

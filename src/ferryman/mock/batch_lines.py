@@ -37,6 +37,7 @@ from starlette.types import Message
 
 from ferryman import errors
 from ferryman.errors import OpenAIError, invalid_request
+from ferryman.mock import spec
 from ferryman.mock.call import Call
 
 if TYPE_CHECKING:
@@ -234,6 +235,7 @@ async def run(app: MockApp, key: str, url: str, line: Line) -> LineResult:
         endpoint, params = app.match("POST", url)
         if endpoint.body != "json":
             raise invalid_request(f"{url} cannot be used in a batch.", None, "unsupported_endpoint")
+        body = spec.normalise_numbers(body)
         endpoint.check_body(body)
         if endpoint.inference and model is not None:
             app.check_model(model)

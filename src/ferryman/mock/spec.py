@@ -117,3 +117,29 @@ def response_errors(schema_name: str, body: Any) -> list[str]:
         f"{param_path(list(e.instance_path)) or '<root>'}: {e.message[:500]}"
         for e in validator(schema_name).iter_errors(body)
     ]
+
+
+_INT_LIMIT = 2**63
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < _INT_LIMIT:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) if isinstance(v, (float, list)) else v for v in value]
+    return value
+
+
+def normalise_numbers(body: Any) -> Any:
+    """Whole-number floats (``2.0``) as ints in a body's top-level fields and their lists.
+
+    JSON Schema counts ``2.0`` as an integer, so a body that passed validation may carry
+    floats where the spec says integer (``n``, ``top_logprobs``, token arrays…); handlers
+    then see the ints they expect, as OpenAI's own server does.
+    """
+    if not isinstance(body, dict):
+        return body
+    for key, value in body.items():
+        if isinstance(value, (float, list)):
+            body[key] = _whole(value)
+    return body

@@ -9,6 +9,7 @@ frames them and applies ``ttft_ms``, ``chunk_delay_ms``, ``cut_after`` and ``err
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from ferryman.mock.faults import Fault
+
+log = logging.getLogger("ferryman.mock")
 
 Style = Literal["chat", "responses"]
 COALESCE_EVENTS = 16
@@ -71,6 +74,17 @@ class EventStream:
             for event in self.events:
                 yield event
 
+    async def _guarded(self) -> AsyncIterator[dict[str, Any]]:
+        """The events; a bug while making one ends the stream with an error event, not a drop."""
+        try:
+            async for event in self._iterate():
+                yield event
+        except (ConnectionCut, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("mock stream failed")
+            yield {"__error__": True}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -87,20 +101,21 @@ class EventStream:
         coalesce = not timed and fault.error_after is None and not isinstance(self.events, AsyncIterator)
         pending: list[bytes] = []
         pending_bytes = 0
-        async for event in self._iterate():
+        async for event in self._guarded():
             if self.sent == 0 and fault.ttft_ms:
                 await asyncio.sleep(fault.ttft_ms / 1000)
             elif self.sent and fault.chunk_delay_ms:
                 await asyncio.sleep(fault.chunk_delay_ms / 1000)
             if fault.cut_after is not None and self.sent >= fault.cut_after:
                 raise ConnectionCut
-            if fault.error_after is not None and self.sent >= fault.error_after:
+            if event.get("__error__") or (fault.error_after is not None and self.sent >= fault.error_after):
                 error = _error_event(self.style)
                 if self.style == "responses":
                     error["sequence_number"] = sequence
                 if self.observer is not None:
                     self.observer(error)
-                await send({"type": "http.response.body", "body": frame(error, self.style), "more_body": False})
+                body = b"".join([*pending, frame(error, self.style)])
+                await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             if self.style == "responses":
                 event["sequence_number"] = sequence

@@ -82,6 +82,13 @@ def prompts_of(model: str, value: Any) -> list[Prompt]:
         if isinstance(item, str):
             out.append(Prompt(item, encoding.encode(item, allowed_special={_DEFAULT_PROMPT}, disallowed_special=())))
             continue
+        if not isinstance(item, list) or not all(_is_int(t) for t in item):
+            raise invalid_request(
+                "Invalid value for 'prompt': expected a string, an array of strings, an array of token ids "
+                "or an array of token-id arrays.",
+                "prompt",
+                "invalid_value",
+            )
         bad = next((t for t in item if not 0 <= t < encoding.n_vocab), None)
         if bad is not None:
             raise invalid_request(
