@@ -81,6 +81,10 @@ def _parse(block: bytes) -> SSEEvent:
     return SSEEvent(block, event, "\n".join(data))
 
 
+# Events after which a stream has said all it will: the chat sentinel and the Responses API's ends.
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
 async def tap(
     stream: AsyncIterator[bytes],
     on_event: Callable[[SSEEvent], bytes | None],
@@ -88,20 +92,30 @@ async def tap(
 ) -> AsyncIterator[bytes]:
     """Forward ``stream`` event by event through ``on_event``, which returns the bytes to send
     (the event's ``raw`` to pass it on, other bytes to rewrite it, ``b""`` to drop it).
-    ``on_end(completed)`` runs once: ``True`` after a clean end, ``False`` if the stream broke or
-    the consumer stopped early."""
+
+    ``on_end(completed)`` runs once, after the wrapped stream is closed: ``completed`` is true
+    when the stream's terminal event (``[DONE]``, ``response.completed``…) went through, even if
+    the consumer then stopped reading (the SDK closes a chat stream at ``[DONE]``), and false
+    when the stream broke or was abandoned before it.
+    """
     decoder = SSEDecoder()
-    completed = False
+    finished = False
     try:
         async for chunk in stream:
-            out = [on_event(event) for event in decoder.feed(chunk)]
+            out = []
+            for event in decoder.feed(chunk):
+                if event.is_done or event.event in TERMINAL_EVENTS:
+                    finished = True
+                out.append(on_event(event))
             data = b"".join(o for o in out if o)
             if data:
                 yield data
         rest = decoder.flush()
         if rest:
             yield rest
-        completed = True
     finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
         if on_end is not None:
-            on_end(completed)
+            on_end(finished)
