@@ -275,3 +275,24 @@ async def test_async_client(ferryman_mock):
     )
     text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text
+
+
+def test_reasoning_tokens_count_inside_the_output_cap(ferryman_mock):
+    reply = ferryman_mock.client.chat.completions.create(
+        model="gpt-5-mini", messages=MESSAGES, max_completion_tokens=50
+    )
+    assert reply.usage.completion_tokens <= 50
+    assert reply.usage.completion_tokens_details.reasoning_tokens > 0
+    starved = ferryman_mock.client.chat.completions.create(
+        model="gpt-5-mini", messages=MESSAGES, max_completion_tokens=20
+    )
+    assert starved.usage.completion_tokens == 20 and starved.choices[0].finish_reason == "length"
+
+
+def test_stream_chunks_report_the_service_tier(ferryman_mock):
+    chunks = list(
+        ferryman_mock.client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, service_tier="flex"
+        )
+    )
+    assert {c.service_tier for c in chunks} == {"flex"}

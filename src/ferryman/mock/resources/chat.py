@@ -97,6 +97,14 @@ def check_context(model: str, prompt_tokens: int, cap: int | None, param: str = 
         )
 
 
+def service_tier(body: dict[str, Any]) -> str:
+    """The tier a reply reports: flex and priority as asked (``fast`` reports as priority)."""
+    asked = body.get("service_tier")
+    if asked == "fast":
+        return "priority"
+    return asked if asked in ("flex", "priority") else "default"
+
+
 def _message(d: Draft) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
@@ -124,9 +132,9 @@ def _logprobs(text: str, model: str, top: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def usage_of(model: str, prompt_tokens: int, drafts: list[Draft], effort: Any) -> dict[str, Any]:
+def usage_of(model: str, prompt_tokens: int, drafts: list[Draft], reasoning_each: int) -> dict[str, Any]:
     completion = sum(count_text(d.output_text(), model) for d in drafts)
-    reasoning = replies.reasoning_tokens(model, effort) * len(drafts)
+    reasoning = reasoning_each * len(drafts)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion + reasoning,
@@ -151,9 +159,14 @@ async def create(call: Call) -> Any:
         prompt_tokens = count_chat_messages(body["messages"], model, tools=tools, tool_choice=body.get("tool_choice"))
     ask = ask_from(body, model)
     check_context(model, prompt_tokens, ask.max_tokens)
+    # Reasoning tokens count inside the output cap, as OpenAI counts them: what is left is for text.
+    reasoning = replies.reasoning_tokens(model, body.get("reasoning_effort"))
+    if ask.max_tokens is not None:
+        reasoning = min(reasoning, ask.max_tokens)
+        ask.max_tokens -= reasoning
     n = body.get("n") or 1
     drafts = [replies.draft(ask, call.app.fixtures, generate.rng_for(body, salt=str(i))) for i in range(n)]
-    usage = usage_of(model, prompt_tokens, drafts, body.get("reasoning_effort"))
+    usage = usage_of(model, prompt_tokens, drafts, reasoning)
     usage["prompt_tokens_details"]["cached_tokens"] = call.app.prompt_cache.cached_tokens(
         call.key, model, body["messages"], prompt_tokens
     )
@@ -174,6 +187,7 @@ async def create(call: Call) -> Any:
                 options.get("include_usage") is True,
                 body.get("logprobs") is True,
                 top,
+                service_tier(body),
             ),
             "chat",
             call.fault,
@@ -196,7 +210,7 @@ async def create(call: Call) -> Any:
             "model": model,
             "choices": choices,
             "usage": usage,
-            "service_tier": body.get("service_tier") if body.get("service_tier") in ("flex", "priority") else "default",
+            "service_tier": service_tier(body),
             "system_fingerprint": FINGERPRINT,
         }
     )
@@ -211,6 +225,7 @@ def _chunks(
     include_usage: bool,
     logprobs: bool,
     top: int,
+    tier: str,
 ) -> Iterator[dict[str, Any]]:
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -219,7 +234,7 @@ def _chunks(
             "created": created,
             "model": model,
             "system_fingerprint": FINGERPRINT,
-            "service_tier": "default",
+            "service_tier": tier,
             "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}],
         }
         if include_usage:
@@ -254,7 +269,7 @@ def _chunks(
             "created": created,
             "model": model,
             "system_fingerprint": FINGERPRINT,
-            "service_tier": "default",
+            "service_tier": tier,
             "choices": [],
             "usage": usage,
         }
