@@ -77,6 +77,10 @@ def test_config_path_from_env(tmp_path, monkeypatch):
         ({"shared": True}, "PostgreSQL"),
         ({"shared": True, "url": "sqlite:///x.db", "redis_url": "redis://127.0.0.1:6379/0"}, "PostgreSQL"),
         ({"shared": True, "url": "postgresql://postgres@127.0.0.1/test"}, "Redis"),
+        (
+            {"shared": True, "url": "postgresql://postgres@127.0.0.1/test", "redis_url": "redis://127.0.0.1:6379/0"},
+            "checkpoint_key",
+        ),
     ],
 )
 def test_sharing_without_a_shared_store_is_a_startup_error(store, message):

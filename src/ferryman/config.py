@@ -151,6 +151,11 @@ class Settings(BaseSettings):
                 raise ValueError("store.shared needs a shared database: set store.url to a PostgreSQL URL")
             if not self.store.redis_url:
                 raise ValueError("store.shared needs Redis for limits, budgets and cache: set store.redis_url")
+            if self.audit.enabled and not self.audit.checkpoint_key:
+                raise ValueError(
+                    "store.shared needs one audit.checkpoint_key for every process (a secret reference such as "
+                    "env:FERRYMAN_AUDIT_KEY): each host's own key file would make the shared chain unverifiable"
+                )
         return self
 
     def database_url(self) -> str:

@@ -84,9 +84,18 @@ def ferryman_client(ferryman_settings: Callable[..., Settings]) -> Iterator[Call
 
 
 @pytest.fixture
-def ferryman_async_client(ferryman_settings: Callable[..., Settings]) -> Callable[..., openai.AsyncOpenAI]:
+def ferryman_async_client(ferryman_settings: Callable[..., Settings]) -> Iterator[Callable[..., openai.AsyncOpenAI]]:
+    clients: list[openai.AsyncOpenAI] = []
+
     def make(**overrides: Any) -> openai.AsyncOpenAI:
         settings = ferryman_settings(**overrides)
-        return ferryman.AsyncOpenAI(ferryman={"settings": settings}, api_key="sk-caller-side-placeholder")
+        client = ferryman.AsyncOpenAI(ferryman={"settings": settings}, api_key="sk-caller-side-placeholder")
+        clients.append(client)
+        return client
 
-    return make
+    yield make
+    for client in clients:  # the pipelines' database connections (the loop that used them is gone)
+        transport = getattr(client._client, "_transport", None)
+        store = getattr(getattr(transport, "pipeline", None), "store", None)
+        if store is not None:
+            store.close()

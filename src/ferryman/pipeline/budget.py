@@ -1,17 +1,307 @@
-"""(being written) The budget stage."""
+"""The budget stage: hard USD caps per scope and period, never passed by concurrent calls.
+
+Rules come from ``settings.budgets`` (``BudgetRule(scope, period, usd)``). Scopes:
+
+- ``process``: every call through this store (all processes sharing it, in shared mode);
+- ``key``: each caller (principal) separately; ``key:ID``: that caller only;
+- ``tag:NAME``: each value of the ``ferryman-tags`` tag NAME separately; ``tag:NAME=VALUE``:
+  that value only (the same counter as ``tag:NAME`` for that value).
+
+Windows are UTC: ``2026-11-25`` for ``day``, ``2026-11`` for ``month``.
+
+Before an inference call (chat, responses, completions, embeddings) the stage reserves its
+worst-case cost on every counter that applies, atomically, all or none: the prompt's tokens
+counted exactly (``exchange.prompt_tokens``) plus the output cap (or the model's
+``max_output_tokens`` when the request sets none), priced at the requested ``service_tier``
+(for a routing alias, the dearest of its models). A call that would take a counter past its
+cap (``spent + reserved + this > cap``) is refused with a 429 in OpenAI's shape, type
+``insufficient_quota``, code ``budget_exceeded`` and ``x-should-retry: false``.
+
+After the call the real cost (``exchange.cost_usd``, from the account stage; 0 for errors and
+cache hits) is settled and the rest released: for a plain reply before it is returned, for a
+stream when it ends or the caller closes it (``reply.on_close``). An exception or cancellation
+releases the whole reservation. A model without a price reserves 0 (the call goes through and
+a warning is logged once per model), since refusing every call to a new model would be worse;
+its cost, if it later turns out to have one, is still settled.
+
+Counters live in Redis when the store has it, else in the database (see budget_stores).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from ferryman.exchange import Exchange, Reply
+from ferryman.pipeline.account import FINISH_NOTE
+from ferryman.pipeline.budget_stores import (
+    ZERO,
+    BudgetStore,
+    Counter,
+    Refusal,
+    budget_store,
+    reservation,
+    settled,
+)
 from ferryman.pipeline.chain import Handler
+from ferryman.pricing import PriceTable, normalise_tier
+from ferryman.tokens import count_request_prompt_tokens, endpoint_route, max_output_tokens
+
+log = logging.getLogger("ferryman.budget")
+
+BILLED = ("/chat/completions", "/responses", "/completions", "/embeddings")
+CODE = "budget_exceeded"
+
+
+def window_of(period: str, now: float) -> tuple[str, int]:
+    """The UTC window ``now`` falls in, and when its counter may expire (a day after it ends)."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        end = day + timedelta(days=1)
+        return day.strftime("%Y-%m-%d"), int((end + timedelta(days=1)).timestamp())
+    first = day.replace(day=1)
+    end = (first + timedelta(days=32)).replace(day=1)
+    return first.strftime("%Y-%m"), int((end + timedelta(days=1)).timestamp())
+
+
+def check_scope(scope: str) -> None:
+    kind, _, rest = scope.partition(":")
+    if scope in ("process", "key") or (kind == "key" and rest) or (kind == "tag" and rest.partition("=")[0]):
+        return
+    raise ValueError(f"unknown budget scope {scope!r}: use process, key, key:ID, tag:NAME or tag:NAME=VALUE")
+
+
+def scope_of(scope: str, exchange: Exchange) -> str | None:
+    """The counter a rule's scope names for this call, or None when the rule does not apply."""
+    if scope == "process":
+        return "process"
+    if scope == "key":
+        return f"key:{exchange.principal.id}"
+    kind, _, rest = scope.partition(":")
+    if kind == "key":
+        return scope if exchange.principal.id == rest else None
+    name, sep, value = rest.partition("=")
+    actual = exchange.tags.get(name)
+    if actual is None or (sep and actual != value):
+        return None
+    return f"tag:{name}={actual}"
 
 
 class Budget:
+    def __init__(
+        self,
+        rules: list[Any],
+        store: BudgetStore,
+        prices: PriceTable,
+        aliases: dict[str, list[str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for rule in rules:
+            check_scope(rule.scope)
+        self.rules = list(rules)
+        self.store = store
+        self.prices = prices
+        self.aliases = aliases or {}
+        self.clock = clock
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._unpriced: set[str] = set()
+
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Budget | None:
-        return cls()
+        if not settings.budgets or parts.get("store") is None:
+            return None
+        return cls(
+            list(settings.budgets),
+            budget_store(parts["store"]),
+            PriceTable.for_settings(settings),
+            aliases=dict(settings.routing.aliases),
+        )
+
+    # -- what applies, and the worst case -----------------------------------------------------
+
+    def counters(self, exchange: Exchange) -> list[Counter]:
+        now = self.clock()
+        found: dict[tuple[str, str], Counter] = {}
+        for rule in self.rules:
+            scope = scope_of(rule.scope, exchange)
+            if scope is None:
+                continue
+            window, expires = window_of(rule.period, now)
+            cap = Decimal(rule.usd)
+            held = found.get((scope, window))
+            if held is None or cap < held.cap:  # two rules on one counter: the lower cap holds
+                found[(scope, window)] = Counter(scope, window, rule.period, cap, expires)
+        return list(found.values())
+
+    def worst_case(self, exchange: Exchange) -> Decimal:
+        body = exchange.json if isinstance(exchange.json, dict) else {}
+        if exchange.prompt_tokens is None:
+            try:
+                exchange.prompt_tokens = count_request_prompt_tokens(exchange.path, body)
+            except Exception:  # an uncountable prompt: its size in bytes bounds its tokens
+                exchange.prompt_tokens = len(exchange.body)
+        tier = body.get("service_tier")
+        tier = normalise_tier(tier if isinstance(tier, str) else None)
+        model = exchange.model or ""
+        costs = []
+        for candidate in self.aliases.get(model) or [model]:
+            cap = max_output_tokens(exchange.path, body, self.prices.max_output_tokens(candidate))
+            usage = {"prompt_tokens": exchange.prompt_tokens, "completion_tokens": cap or 0}
+            cost = self.prices.cost_usd(candidate, usage, tier=tier)
+            if cost is None:
+                if candidate and candidate not in self._unpriced:
+                    self._unpriced.add(candidate)
+                    log.warning("budget: no price for model %r; its calls reserve $0 and are not capped", candidate)
+                continue
+            costs.append(cost)
+        return reservation(max(costs, default=ZERO))
+
+    # -- the call ----------------------------------------------------------------------------------
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
-        return await call_next(exchange)
+        route = endpoint_route(exchange.path) if exchange.method == "POST" else None
+        counters = self.counters(exchange) if route in BILLED else []
+        if not counters:
+            return await call_next(exchange)
+        amount = self.worst_case(exchange)
+        refusal = await self._reserve(counters, amount)
+        if refusal is not None:
+            return self.refuse(exchange, refusal, amount)
+        hold = _Hold(self, exchange, counters, amount)
+        exchange.notes["budget"] = {"reserved_usd": amount, "counters": [(c.scope, c.window) for c in counters]}
+        try:
+            reply = await call_next(exchange)
+        except BaseException:  # errors and cancellation: nothing was spent that we know of
+            await asyncio.shield(self._spawn(hold.release_all()))
+            raise
+        if reply.stream is None:
+            await asyncio.shield(self._spawn(hold.settle()))
+            return reply
+        reply.stream = _watch(reply.stream, hold.at_end)
+        reply.on_close.append(hold.at_end)
+        return reply
+
+    async def _reserve(self, counters: list[Counter], amount: Decimal) -> Refusal | None:
+        """Reserve; if the caller is cancelled meanwhile, the reservation that still lands is undone."""
+        reserving = asyncio.ensure_future(self.store.reserve(counters, amount))
+
+        def undo(task: asyncio.Future[Refusal | None]) -> None:
+            if not task.cancelled() and task.exception() is None and task.result() is None:
+                self._spawn(self.store.settle(counters, amount, ZERO))
+
+        try:
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(undo)
+            raise
+
+    def refuse(self, exchange: Exchange, refusal: Refusal, amount: Decimal) -> Reply:
+        c = refusal.counter
+        message = (
+            f"Ferryman budget exceeded for scope '{c.scope}' ({c.period} {c.window}): "
+            f"${_usd(refusal.spent)} spent and ${_usd(refusal.reserved)} reserved by calls in flight, "
+            f"of a ${_usd(c.cap)} cap; this call could cost up to ${_usd(amount)}."
+        )
+        exchange.error = CODE
+        exchange.cost_usd = ZERO
+        error = {"message": message, "type": "insufficient_quota", "param": None, "code": CODE}
+        return Reply.of_json(429, {"error": error}, {"x-should-retry": "false"})
+
+    # -- settling in the background -----------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def flush(self) -> None:
+        """Wait for settlements still in flight (streams that just ended)."""
+        await asyncio.sleep(0)  # let settlements handed over from other threads start
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def snapshot(self, scope: str, period: str = "day") -> tuple[Decimal, Decimal]:
+        """``(spent, reserved)`` of a counter in the current window (for tests and the admin API)."""
+        return await self.store.snapshot(scope, window_of(period, self.clock())[0])
+
+
+class _Hold:
+    """One call's reservation: settled or released exactly once."""
+
+    def __init__(self, budget: Budget, exchange: Exchange, counters: list[Counter], amount: Decimal) -> None:
+        self.budget = budget
+        self.exchange = exchange
+        self.counters = counters
+        self.amount = amount
+        self.loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._done = False
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            return True
+
+    def _cost(self) -> Decimal:
+        finish = self.exchange.notes.get(FINISH_NOTE)
+        if callable(finish):  # the account stage's end of stream, if it has not run yet
+            finish()
+        cost = self.exchange.cost_usd
+        return settled(cost) if cost is not None else ZERO
+
+    async def settle(self) -> None:
+        if self._claim():
+            await self._write(self._cost())
+
+    async def release_all(self) -> None:
+        if self._claim():
+            await self._write(None)
+
+    async def _write(self, cost: Decimal | None) -> None:
+        try:
+            await self.budget.store.settle(self.counters, self.amount, cost if cost is not None else ZERO)
+        except Exception:
+            log.exception("budget: could not settle %s on %s", self.amount, [c.scope for c in self.counters])
+
+    def at_end(self, completed: bool = True) -> None:
+        """The stream ended or was closed (maybe on another thread): settle on the call's loop."""
+        if not self._claim():
+            return
+        cost = self._cost()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.budget._spawn(self._write(cost))
+            return
+        try:
+            self.loop.call_soon_threadsafe(lambda: self.budget._spawn(self._write(cost)))
+        except RuntimeError:  # the loop is gone: nothing can settle it now
+            log.error("budget: reservation of %s left held, its event loop closed", self.amount)
+
+
+def _usd(amount: Decimal) -> str:
+    return format(amount.normalize(), "f")
+
+
+async def _watch(stream: AsyncIterator[bytes], at_end: Callable[[bool], None]) -> AsyncIterator[bytes]:
+    completed = False
+    try:
+        async for chunk in stream:
+            yield chunk
+        completed = True
+    finally:
+        at_end(completed)
+
+
+__all__ = ["CODE", "Budget", "check_scope", "scope_of", "window_of"]

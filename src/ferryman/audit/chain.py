@@ -1,0 +1,346 @@
+"""The audit chain: append, verify, prune and export hash-chained records.
+
+Each record's ``hash`` is ``sha256(prev_hash || canonical JSON of its fields, seq included)``;
+the first record's ``prev_hash`` is 64 zeros. A signed ``head`` checkpoint (HMAC-SHA256 over kind,
+seq, hash and count, see :mod:`ferryman.audit.keys`) is updated in the same transaction as every
+append, so removing records from the end, or rewriting the whole chain, shows. ``prune`` deletes
+the oldest records and signs a ``prune`` checkpoint holding the last deleted record's seq and
+hash, from which the rest still verifies.
+
+Appends serialise across processes: on PostgreSQL with a transaction-scoped advisory lock, on
+SQLite by taking the write lock first (a no-op UPDATE) before reading the head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO, Any
+
+import orjson
+from sqlalchemy import Connection, Engine, bindparam, func, select, text
+
+from ferryman.audit.keys import CheckpointKey
+from ferryman.store.tables import audit, audit_checkpoints
+
+ZERO_HASH = "0" * 64
+# The fields a record's hash covers, in the order the table lists them.
+FIELDS = (
+    "seq",
+    "ts",
+    "request_id",
+    "principal",
+    "upstream",
+    "model",
+    "endpoint",
+    "status",
+    "attempts",
+    "latency_ms",
+    "ttft_ms",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cache",
+    "tags",
+    "error",
+    "request_body",
+    "response_body",
+)
+_FLOATS = {"ts": 6, "latency_ms": 3, "ttft_ms": 3}
+_USD_STEP = Decimal("1E-10")  # the column's scale: Numeric(20, 10)
+# pg_advisory_xact_lock key: the first 8 bytes of sha256("ferryman.audit"), as a signed bigint.
+LOCK_ID = int.from_bytes(hashlib.sha256(b"ferryman.audit").digest()[:8], "big", signed=True)
+# Statements built once (parameters passed at execution keep SQLAlchemy's compiled cache hot).
+_INSERT = audit.insert()
+_PUT_CHECKPOINT = audit_checkpoints.update().where(audit_checkpoints.c.kind == bindparam("_kind"))
+_ADD_CHECKPOINT = audit_checkpoints.insert()
+_SQLITE_LOCK = text("UPDATE audit_checkpoints SET kind = kind WHERE kind = 'head'")
+
+
+def normalise(record: Mapping[Any, Any]) -> dict[str, Any]:
+    """The hashed fields as stored and read back: rounded floats, cost as a fixed-point string."""
+    out: dict[str, Any] = {}
+    for name in FIELDS:
+        value = record.get(name)
+        if name in _FLOATS and value is not None:
+            value = round(float(value), _FLOATS[name])
+        elif name == "cost_usd":
+            value = format(Decimal(str(value or 0)).quantize(_USD_STEP), "f")
+        elif name == "tags":
+            value = dict(value or {})
+        out[name] = value
+    return out
+
+
+def canonical(record: Mapping[Any, Any]) -> bytes:
+    return orjson.dumps(normalise(record), option=orjson.OPT_SORT_KEYS)
+
+
+def record_hash(prev_hash: str, record: Mapping[Any, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(record)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    kind: str  # head | prune
+    seq: int
+    hash: str
+    count: int
+    signature: str
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    seq: int | None  # the first record concerned, when there is one
+    message: str
+
+    def __str__(self) -> str:
+        return f"seq {self.seq}: {self.message}" if self.seq is not None else self.message
+
+
+@dataclass
+class Report:
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head: Checkpoint | None = None
+    prune: Checkpoint | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    hash: str
+    anchored: bool  # False when the head checkpoint was missing or forged and was left as found
+
+
+@dataclass(frozen=True)
+class Pruned:
+    deleted: int
+    seq: int | None  # the last deleted record
+    report: Report  # the verification done first; nothing is deleted from a broken chain
+
+
+MAX_PROBLEMS = 100
+
+
+class Chain:
+    """The audit chain in one database, signed with one key (all methods block: run them off the loop)."""
+
+    def __init__(self, engine: Engine, key: CheckpointKey) -> None:
+        self.engine = engine
+        self.key = key
+
+    # -- append ----------------------------------------------------------------------------
+
+    def append(self, record: Mapping[Any, Any]) -> Appended:
+        """Add one record (its fields as in :data:`FIELDS`, no seq) at the head of the chain."""
+        with self.engine.begin() as conn:
+            _lock(conn)
+            found = _checkpoints(conn)
+            heads, prune = found.get("head", []), found.get("prune", [])
+            last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
+            head = heads[0] if len(heads) == 1 else None
+            anchored = head is not None and self._signed(head) and (last is None or last.seq <= head.seq)
+            if anchored and head is not None:
+                prev_seq, prev_hash, count = head.seq, head.hash, head.count
+            elif last is not None:  # never re-sign over a missing or forged head: chain on, leave it be
+                prev_seq, prev_hash, count = last.seq, last.hash, 0
+            else:
+                anchored = not heads and not prune  # the very first record
+                prev_seq, prev_hash, count = (prune[0].seq, prune[0].hash, 0) if prune else (0, ZERO_HASH, 0)
+            row = normalise({**record, "seq": prev_seq + 1})
+            digest = record_hash(prev_hash, row)
+            stored = {**row, "cost_usd": Decimal(row["cost_usd"]), "prev_hash": prev_hash, "hash": digest}
+            conn.execute(_INSERT, stored)
+            if anchored:
+                self._put_checkpoint(conn, "head", row["seq"], digest, count + 1)
+            return Appended(row["seq"], digest, anchored)
+
+    # -- verify ----------------------------------------------------------------------------
+
+    def verify(self) -> Report:
+        """Check every record and both checkpoints, in one consistent snapshot."""
+        with snapshot(self.engine) as conn:
+            return self._verify(conn)
+
+    def _verify(self, conn: Connection) -> Report:
+        report = Report()
+        found = _checkpoints(conn)
+        problems = report.problems
+        for kind in ("head", "prune"):
+            rows = found.get(kind, [])
+            if len(rows) > 1:
+                problems.append(Problem(None, f"{len(rows)} {kind} checkpoints where there must be one (forged)"))
+            for cp in rows:
+                if not self._signed(cp):
+                    problems.append(
+                        Problem(
+                            None,
+                            f"the {kind} checkpoint (seq {cp.seq}) has a bad signature: forged, or "
+                            "signed with another key",
+                        )
+                    )
+            if rows:
+                setattr(report, kind, rows[0])
+        head, prune = report.head, report.prune
+        expected_seq = prune.seq + 1 if prune else 1
+        expected_prev = prune.hash if prune else ZERO_HASH
+        query = select(audit).order_by(audit.c.seq)
+        for row in conn.execute(query.execution_options(yield_per=500)).mappings():
+            seq = row["seq"]
+            report.records += 1
+            report.first_seq = seq if report.first_seq is None else report.first_seq
+            report.last_seq = seq
+            if seq != expected_seq:
+                if seq < expected_seq:
+                    what = f"at or before the prune checkpoint (seq {prune.seq})" if prune else "out of order"
+                    problems.append(Problem(seq, f"record is {what}: inserted"))
+                else:
+                    gap = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}..{seq - 1}"
+                    problems.append(Problem(expected_seq, f"record(s) {gap} missing: removed"))
+            if row["prev_hash"] != expected_prev:
+                problems.append(
+                    Problem(
+                        seq,
+                        "prev_hash does not match the previous record's hash: records removed, inserted or reordered",
+                    )
+                )
+            if record_hash(row["prev_hash"], row) != row["hash"]:
+                problems.append(Problem(seq, "contents do not match the record's hash: edited"))
+            expected_seq, expected_prev = seq + 1, row["hash"]
+            if len(problems) >= MAX_PROBLEMS:
+                return report
+        last_seq = expected_seq - 1
+        if head is None:
+            if report.records or prune is not None:
+                problems.append(Problem(None, "the head checkpoint is missing: removed"))
+            return report
+        if head.seq > last_seq:
+            problems.append(
+                Problem(
+                    last_seq + 1,
+                    f"truncated: the head checkpoint is at seq {head.seq}, the log ends at "
+                    f"{last_seq if report.records else 'no record'}",
+                )
+            )
+        elif head.seq < last_seq:
+            problems.append(Problem(head.seq + 1, f"records after the head checkpoint (seq {head.seq}): inserted"))
+        elif head.hash != expected_prev:
+            problems.append(Problem(head.seq, "the head checkpoint's hash does not match the last record"))
+        expected_count = head.count - (prune.count if prune else 0)
+        if expected_count != report.records:
+            problems.append(
+                Problem(None, f"the checkpoints account for {expected_count} records, the log holds {report.records}")
+            )
+        return report
+
+    # -- prune -----------------------------------------------------------------------------
+
+    def prune(self, cutoff: float) -> Pruned:
+        """Delete the records older than ``cutoff`` (unix seconds) at the start of the chain.
+
+        Records are cut as a prefix (by seq): the cut stops at the first record at or after the
+        cutoff. The chain is verified first, in the same transaction; a broken one is left as is.
+        """
+        with self.engine.begin() as conn:
+            _lock(conn)
+            report = self._verify(conn)
+            if not report.ok:
+                return Pruned(0, None, report)
+            newer = conn.execute(select(func.min(audit.c.seq)).where(audit.c.ts >= cutoff)).scalar()
+            cut = newer - 1 if newer is not None else report.last_seq
+            if cut is None or report.first_seq is None or cut < report.first_seq:
+                return Pruned(0, None, report)
+            cut_hash = conn.execute(select(audit.c.hash).where(audit.c.seq == cut)).scalar_one()
+            deleted = conn.execute(audit.delete().where(audit.c.seq <= cut)).rowcount
+            previous = report.prune.count if report.prune else 0
+            self._put_checkpoint(conn, "prune", cut, cut_hash, previous + deleted)
+            return Pruned(deleted, cut, report)
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export(self, out: IO[str], since: float | None = None, until: float | None = None) -> int:
+        return export(self.engine, out, since, until)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _signed(self, cp: Checkpoint) -> bool:
+        return self.key.check(cp.kind, cp.seq, cp.hash, cp.count, cp.signature)
+
+    def _put_checkpoint(self, conn: Connection, kind: str, seq: int, hash_: str, count: int) -> None:
+        values = {
+            "ts": time.time(),
+            "seq": seq,
+            "hash": hash_,
+            "count": count,
+            "signature": self.key.sign(kind, seq, hash_, count),
+        }
+        if conn.execute(_PUT_CHECKPOINT, {"_kind": kind, **values}).rowcount == 0:
+            conn.execute(_ADD_CHECKPOINT, {"kind": kind, **values})
+
+
+def _lock(conn: Connection) -> None:
+    """Serialise chain writers: every append and prune takes this first in its transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_ID})
+    else:  # SQLite: a write statement takes the database's write lock before the head is read
+        conn.execute(_SQLITE_LOCK)
+
+
+def _checkpoints(conn: Connection) -> dict[str, list[Checkpoint]]:
+    found: dict[str, list[Checkpoint]] = {}
+    table = audit_checkpoints
+    for row in conn.execute(select(table).order_by(table.c.id)).mappings():
+        cp = Checkpoint(row["kind"], row["seq"], row["hash"], row["count"], row["signature"], row["ts"])
+        found.setdefault(cp.kind, []).append(cp)
+    return found
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only connection that sees one consistent state of both tables."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+        else:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN")  # pysqlite would run each SELECT on its own
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+
+def export(engine: Engine, out: IO[str], since: float | None = None, until: float | None = None) -> int:
+    """Write the records with ``since <= ts < until`` as JSON lines (cost as a string); the count.
+
+    Each line holds the hashed fields as hashed, plus ``prev_hash`` and ``hash``, so
+    ``record_hash(line["prev_hash"], line) == line["hash"]`` can be checked from the file alone.
+    """
+    query = select(audit).order_by(audit.c.seq)
+    if since is not None:
+        query = query.where(audit.c.ts >= since)
+    if until is not None:
+        query = query.where(audit.c.ts < until)
+    written = 0
+    with snapshot(engine) as conn:
+        for row in conn.execute(query.execution_options(yield_per=500)).mappings():
+            line = {**normalise(row), "prev_hash": row["prev_hash"], "hash": row["hash"]}
+            out.write(orjson.dumps(line).decode() + "\n")
+            written += 1
+    return written
