@@ -16,6 +16,9 @@ import pytest
 from ferryman.mock.app import MockApp
 from ferryman.mock.conformance import ConformanceRecorder
 
+# Fails the session if any key or bearer token shows up in logs, metrics, errors or audit rows.
+pytest_plugins = ["tests.leak_guard"]
+
 POSTGRES_URL = os.environ.get("FERRYMAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FERRYMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 

@@ -12,19 +12,44 @@ from typing import Any
 
 SECRET = "[REDACTED]"
 
-_KEY = re.compile(r"\b(?:sk|fm)-[A-Za-z0-9_\-]{8,}")
+# Keys: OpenAI's ``sk-…`` (``sk-proj-…``, ``sk-svcacct-…``) and Ferryman's virtual ``fm-…``; a letter right
+# before the prefix (``task-…``) means a word, not a key; ``KEY_sk-…`` or ``%22sk-…`` are still keys.
+_KEY = re.compile(r"(?<![A-Za-z])(?:sk|fm)-[A-Za-z0-9_\-]{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}")
-_SECRET_FIELDS = re.compile(r"(?i)^(authorization|api[-_]?key|x-api-key|api-key|openai-api-key|password|secret|token)$")
+# ``api-key: …``, ``api_key=…`` (Azure keys have no prefix to recognise them by).
+_ASSIGNED = re.compile(r"""(?i)\b((?:x-|openai-)?api[-_]?key["']?\s*[:=]\s*["']?)(?!\[REDACTED\])[^\s"',;&]{8,}""")
+_SECRET_FIELDS = re.compile(
+    r"(?i)^(authorization|proxy-authorization|cookie|set-cookie|(?:x-|openai-)?api[-_]?key|password|passwd|secret"
+    r"|client[-_]?secret|(?:access|refresh|auth|api|id|session)[-_]?token)$"
+)
+# One quick pass before the regular expressions run (most text holds no secret at all).
+_ANY = re.compile(r"(?i)sk-|fm-|bearer|api[-_]?key")
+_ANY_BYTES = re.compile(rb"(?i)sk-|fm-|bearer|api[-_]?key")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
-_CARD = re.compile(r"\b(?:\d[ \-]?){13,19}\b")
+_CARD = re.compile(r"\b\d(?:[ \-]?\d){12,18}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().\-]{7,}\d\b")
+# Shapes that look like phone numbers but are not: dates (and date-times), IPv4 addresses, decimals.
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\b")
+_NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d+\.\d+")
 
 
 def secrets(text: str) -> str:
-    """Remove API keys and bearer tokens."""
+    """Remove API keys, bearer tokens and ``api-key: …`` values."""
+    if not _ANY.search(text):
+        return text
     text = _BEARER.sub(lambda m: f"{m.group(1)} {SECRET}", text)
+    text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{SECRET}", text)
     return _KEY.sub(SECRET, text)
+
+
+def secrets_bytes(data: bytes) -> bytes:
+    """:func:`secrets` for a body: returned unchanged (the same object) when it holds no secret."""
+    if not _ANY_BYTES.search(data):
+        return data
+    text = data.decode("utf-8", errors="surrogateescape")
+    cleaned = secrets(text)
+    return data if cleaned == text else cleaned.encode("utf-8", errors="surrogateescape")
 
 
 def _luhn(digits: str) -> bool:
@@ -54,7 +79,15 @@ def personal(text: str) -> str:
     text = _EMAIL.sub("[EMAIL]", text)
     text = _IBAN.sub(_iban, text)
     text = _CARD.sub(_card, text)
-    return _PHONE.sub("[PHONE]", text)
+    return _PHONE.sub(_phone, text)
+
+
+def _phone(match: re.Match[str]) -> str:
+    raw = match.group(0)
+    digits = sum(ch.isdigit() for ch in raw)
+    if not 9 <= digits <= 15 or _DATE.match(raw) or _NOT_PHONE.fullmatch(raw.strip()):
+        return raw
+    return "[PHONE]"
 
 
 def text(value: str, pii: bool = True) -> str:

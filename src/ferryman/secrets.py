@@ -44,16 +44,21 @@ def resolve(reference: str) -> Secret:
         )
     if kind == "env":
         value = os.environ.get(rest)
-        if not value:
+        if not value or not value.strip():
             raise SecretError(f"environment variable {rest} is not set")
         return Secret(value.strip(), reference)
     if kind == "keyring":
         service, _, name = rest.partition("/")
+        if not service or not name:
+            raise SecretError(f"keyring references are keyring:SERVICE/NAME, got keyring:{rest}")
         try:
             import keyring
         except ImportError:
             raise SecretError("keyring references need the keyring package") from None
-        found = keyring.get_password(service, name)
+        try:
+            found = keyring.get_password(service, name)
+        except Exception as exc:  # no backend, locked store, ...: the message names the entry only
+            raise SecretError(f"keyring lookup of {service}/{name} failed: {type(exc).__name__}") from None
         if not found:
             raise SecretError(f"no keyring entry {service}/{name}")
         return Secret(found.strip(), reference)
@@ -63,14 +68,24 @@ def resolve(reference: str) -> Secret:
             mode = path.stat().st_mode
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise SecretError(f"secret file {path} is not a regular file")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SecretError(f"secret file {path} is readable by group or others: chmod 600 {path}")
-        return Secret(path.read_text().strip(), reference)
-    raise SecretError(f"unknown secret reference kind {kind!r} (use env:, keyring: or file:)")
+        try:
+            value = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretError(f"cannot read secret file {path}: {type(exc).__name__}") from None
+        if not value.strip():
+            raise SecretError(f"secret file {path} is empty")
+        return Secret(value.strip(), reference)
+    # A literal key with a colon in it must not be echoed back as the "kind".
+    shown = repr(kind) if kind.isalnum() and len(kind) <= 16 else "(not shown)"
+    raise SecretError(f"unknown secret reference kind {shown} (use env:, keyring: or file:)")
 
 
 def resolve_optional(reference: str) -> Secret | None:
     """Like :func:`resolve`, but an unset environment variable is ``None`` (no key)."""
-    if reference.startswith("env:") and not os.environ.get(reference[4:]):
+    if reference.startswith("env:") and not os.environ.get(reference[4:], "").strip():
         return None
     return resolve(reference)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 
-from ferryman import _loop
+from ferryman import _loop, redact
 from ferryman.exchange import Exchange, Reply
 from ferryman.pipeline.chain import Pipeline
 
@@ -36,6 +36,12 @@ def exchange_from(request: httpx2.Request, body: bytes) -> Exchange:
         body,
         query=request.url.query.decode("ascii") if isinstance(request.url.query, bytes) else str(request.url.query),
     )
+
+
+def redact_error(reply: Reply) -> None:
+    """An upstream error that echoes a key must not carry it into the caller's exception."""
+    if reply.status >= 400 and not reply.is_stream and reply.body:
+        reply.body = redact.secrets_bytes(reply.body)
 
 
 def ferryman_headers(exchange: Exchange, reply: Reply) -> dict[str, str]:
@@ -87,6 +93,7 @@ class AsyncFerrymanTransport(httpx2.AsyncBaseTransport):
 
 
 def to_response(exchange: Exchange, reply: Reply, request: httpx2.Request) -> httpx2.Response:
+    redact_error(reply)
     headers = ferryman_headers(exchange, reply)
     if reply.is_stream:
         return httpx2.Response(reply.status, headers=headers, stream=_AsyncStream(reply), request=request)
@@ -115,7 +122,10 @@ class _SyncStream(httpx2.SyncByteStream):
     def close(self) -> None:
         stream = self.reply.stream
         if stream is not None and hasattr(stream, "aclose"):
-            asyncio.run_coroutine_threadsafe(stream.aclose(), self.loop).result()
+            if asyncio._get_running_loop() is self.loop:  # collected on the loop's own thread
+                self.loop.create_task(stream.aclose())
+            else:
+                asyncio.run_coroutine_threadsafe(stream.aclose(), self.loop).result()
         _close(self.reply)
 
 
@@ -139,6 +149,7 @@ class FerrymanTransport(httpx2.BaseTransport):
             return exchange, await self.pipeline(exchange)
 
         exchange, reply = asyncio.run_coroutine_threadsafe(run(), loop).result()
+        redact_error(reply)
         headers = ferryman_headers(exchange, reply)
         if reply.is_stream:
             return httpx2.Response(reply.status, headers=headers, stream=_SyncStream(reply, loop), request=request)

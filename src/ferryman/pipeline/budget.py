@@ -210,6 +210,7 @@ class Budget:
         )
         exchange.error = CODE
         exchange.cost_usd = ZERO
+        exchange.notes["budget_scope"] = c.scope
         error = {"message": message, "type": "insufficient_quota", "param": None, "code": CODE}
         return Reply.of_json(429, {"error": error}, {"x-should-retry": "false"})
 

@@ -1,17 +1,398 @@
-"""(being written) The telemetry stage."""
+"""The telemetry stage (outermost): Prometheus metrics, OpenTelemetry GenAI spans, JSON log lines.
+
+It reads what the inner stages learned once the call is over (usage, cost, cache, attempts,
+deployment, ``notes["retries"]`` / ``notes["upstream_429s"]``; anything missing counts 0) and, for
+a stream, when the stream ends (the caller has seen its last byte, or stopped reading).
+
+- **Prometheus** (``settings.telemetry.prometheus``): the metrics below live in :data:`REGISTRY`, a
+  dedicated registry (the gateway serves it at ``/metrics``). Label values are bounded and never
+  carry a secret: endpoints become templates (``/files/{id}/content``), models outside the
+  catalogue become ``other`` (fine-tuned ``ft:`` models keep their name), deployments come from
+  settings, and tags are never labels.
+- **OpenTelemetry** (``settings.telemetry.otel``, needs ``ferryman[otel]``): one CLIENT span per
+  call, ``"{operation} {model}"``, with the GenAI semantic-convention attributes; a stream's span
+  ends with the stream.
+- **JSON logs** (``settings.telemetry.json_logs``): one INFO line per call on the
+  ``ferryman.telemetry`` logger (see :mod:`ferryman.logs`), without bodies or headers.
+
+Error replies pass through :func:`ferryman.redact.secrets_bytes` here, so an upstream that echoes a
+key in an error message does not hand it to the caller's exception and logs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Any
 
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ferryman.catalogue import lookup
 from ferryman.exchange import Exchange, Reply
 from ferryman.pipeline.chain import Handler
+from ferryman.pipeline.telemetry_otel import TelemetryError, Tracing, operation
+from ferryman.redact import secrets, secrets_bytes
+
+log = logging.getLogger("ferryman.telemetry")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_TTFT = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+REQUESTS = Counter(
+    "ferryman_requests", "Calls through the pipeline, by final HTTP status ('error': no reply).",
+    ("endpoint", "model", "deployment", "status"), registry=REGISTRY,
+)  # fmt: skip
+TOKENS = Counter(
+    "ferryman_tokens", "Tokens billed, by kind: input (all prompt tokens), cached (of input), output, reasoning "
+    "(of output).", ("model", "kind"), registry=REGISTRY,
+)  # fmt: skip
+COST = Counter("ferryman_cost_usd", "Cost of the calls in USD, from the price table.", ("model",), registry=REGISTRY)
+DURATION = Histogram(
+    "ferryman_request_duration_seconds", "Call duration as the caller saw it (a stream: until its end).",
+    ("endpoint", "model"), buckets=_SECONDS, registry=REGISTRY,
+)  # fmt: skip
+TTFT = Histogram(
+    "ferryman_time_to_first_token_seconds", "Streams: time until the first event reached the caller.",
+    ("model",), buckets=_TTFT, registry=REGISTRY,
+)  # fmt: skip
+RETRIES = Counter("ferryman_retries", "Retries (attempts after the first).", ("deployment",), registry=REGISTRY)
+UPSTREAM_429 = Counter("ferryman_upstream_429", "429 replies from upstreams.", ("deployment",), registry=REGISTRY)
+CACHE_HITS = Counter("ferryman_cache_hits", "Calls answered from the cache.", registry=REGISTRY)
+BUDGET_REFUSALS = Counter(
+    "ferryman_budget_refusals", "Calls refused by a budget (429 budget_exceeded).", ("scope",), registry=REGISTRY
+)
+OVERHEAD = Histogram(
+    "ferryman_overhead_seconds", "Time the pipeline itself took: until the reply, less upstream time and deliberate "
+    "waits (backoff, pacing).", buckets=_OVERHEAD, registry=REGISTRY,
+)  # fmt: skip
+
+LABEL_MAX = 96
+_SCOPE = re.compile(r"budget exceeded for scope '([^']{1,200})'")  # the budget stage's refusal message
+_children: dict[tuple[Any, ...], Any] = {}  # (metric, *labels) -> child: labels() is slow-ish
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (id(metric), *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+# -- label values -------------------------------------------------------------------------------
+
+# The API's endpoints as label templates ({id} stands for any id in the path).
+_ENDPOINTS = frozenset(
+    """
+    /chat/completions /chat/completions/{id} /chat/completions/{id}/messages /completions /embeddings
+    /moderations /responses /responses/{id} /responses/{id}/input_items /responses/{id}/cancel
+    /responses/input_tokens /responses/compact /models /models/{id} /files /files/{id} /files/{id}/content
+    /batches /batches/{id} /batches/{id}/cancel /fine_tuning/jobs /fine_tuning/jobs/{id}
+    /fine_tuning/jobs/{id}/cancel /fine_tuning/jobs/{id}/events /fine_tuning/jobs/{id}/checkpoints
+    /fine_tuning/jobs/{id}/pause /fine_tuning/jobs/{id}/resume /audio/speech /audio/transcriptions
+    /audio/translations /images/generations /images/edits /images/variations /uploads /uploads/{id}/parts
+    /uploads/{id}/complete /uploads/{id}/cancel /conversations /conversations/{id}
+    /conversations/{id}/items /conversations/{id}/items/{id} /vector_stores /vector_stores/{id}
+    """.split()  # noqa: SIM905 - a list of 45 quoted paths reads worse
+)
+_WORDS = frozenset(w for e in _ENDPOINTS for w in e.split("/") if w and w != "{id}")
+_FIRST = frozenset(e.split("/")[1] for e in _ENDPOINTS)
+
+
+@lru_cache(maxsize=1024)
+def endpoint_label(path: str) -> str:
+    """``/files/file-abc/content`` → ``/files/{id}/content``; other paths → ``/{resource}/…`` or ``other``."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    template = "/" + "/".join(p if p in _WORDS else "{id}" for p in parts)
+    if template in _ENDPOINTS:
+        return template
+    return f"/{parts[0]}/…" if parts and parts[0] in _FIRST else "other"
+
+
+@lru_cache(maxsize=2048)
+def model_label(model: str | None) -> str:
+    """A model the catalogue knows, or a fine-tuned ``ft:`` model (capped, redacted); else ``other``."""
+    if not model:
+        return "none"
+    if len(model) > 256:
+        return "other"
+    if model.startswith("ft:"):
+        return secrets(model)[:LABEL_MAX]
+    return model if lookup(model) is not None else "other"
+
+
+def deployment_label(exchange: Exchange) -> str:
+    deployment = exchange.deployment
+    return str(getattr(deployment, "name", None) or "none")[:LABEL_MAX]
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def token_counts(usage: Any) -> tuple[int, int, int, int]:
+    """``(input, cached, output, reasoning)`` from a chat/completions or responses usage object."""
+    if not isinstance(usage, dict):
+        return 0, 0, 0, 0
+    given = usage.get("prompt_tokens", usage.get("input_tokens"))
+    produced = usage.get("completion_tokens", usage.get("output_tokens"))
+    inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    cached = inputs.get("cached_tokens") if isinstance(inputs, dict) else 0
+    reasoning = outputs.get("reasoning_tokens") if isinstance(outputs, dict) else 0
+    return _count(given), _count(cached), _count(produced), _count(reasoning)
+
+
+def _per_deployment(value: Any, default: str) -> dict[str, int]:
+    """``notes["retries"]`` as a count (for the final deployment) or ``{deployment: count}``."""
+    if isinstance(value, dict):
+        return {str(k)[:LABEL_MAX]: _count(v) for k, v in value.items() if _count(v)}
+    return {default: _count(value)} if _count(value) else {}
+
+
+def _error_of(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+# -- the stage ----------------------------------------------------------------------------------
 
 
 class Telemetry:
+    def __init__(self, *, prometheus: bool = True, tracing: Tracing | None = None, json_logs: bool = False) -> None:
+        self.prometheus = prometheus
+        self.tracing = tracing
+        self.json_logs = json_logs
+
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Telemetry | None:
-        return cls()
+        t = settings.telemetry
+        if not (t.prometheus or t.otel or t.json_logs):
+            return None
+        tracing = Tracing.create() if t.otel else None  # TelemetryError when OpenTelemetry is missing
+        if t.json_logs:
+            from ferryman.logs import ensure_json_logging
+
+            ensure_json_logging()
+        return cls(prometheus=t.prometheus, tracing=tracing, json_logs=t.json_logs)
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
-        return await call_next(exchange)
+        span = self.tracing.start(exchange) if self.tracing is not None else None
+        try:
+            if span is not None and self.tracing is not None:
+                with self.tracing.activate(span):
+                    reply = await call_next(exchange)
+            else:
+                reply = await call_next(exchange)
+        except BaseException as exc:
+            self.record(exchange, None, span, error=exc)
+            raise
+        notes = exchange.notes
+        waited_ms = _number(notes.get("upstream_ms")) + _number(notes.get("waited_ms"))
+        overhead = max(0.0, time.perf_counter() - exchange.started - waited_ms / 1000)
+        if reply.stream is None:
+            if reply.status >= 400 and reply.body:
+                reply.body = secrets_bytes(reply.body)
+            self.record(exchange, reply, span, overhead=overhead)
+            return reply
+        watch = _StreamWatch(self, exchange, reply, span, overhead)
+        reply.stream = watch.wrap(reply.stream)
+        reply.on_close.append(watch.abandoned)
+        return reply
+
+    def record(
+        self,
+        exchange: Exchange,
+        reply: Reply | None,
+        span: Any,
+        *,
+        error: BaseException | None = None,
+        overhead: float | None = None,
+        first_at: float | None = None,
+        completed: bool = True,
+        stream_info: dict[str, Any] | None = None,
+    ) -> None:
+        """Everything about one finished call (a stream: once it ended)."""
+        elapsed = time.perf_counter() - exchange.started
+        if reply is not None:
+            status = str(reply.status)
+        else:
+            status = "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
+        refusal = reply.body if reply is not None and reply.status == 429 and b"budget_exceeded" in reply.body else None
+        try:  # telemetry never breaks a call
+            try:
+                if self.prometheus:
+                    self._metrics(exchange, status, elapsed, overhead, first_at, refusal)
+                if self.json_logs and log.isEnabledFor(logging.INFO):
+                    self._log(exchange, status, elapsed, error, completed)
+            finally:
+                if span is not None and self.tracing is not None:
+                    self.tracing.finish(span, exchange, reply, error, completed, stream_info)
+        except Exception:
+            log.warning("telemetry could not record %s %s", exchange.method, exchange.path, exc_info=True)
+
+    def _metrics(
+        self,
+        exchange: Exchange,
+        status: str,
+        elapsed: float,
+        overhead: float | None,
+        first_at: float | None,
+        refusal: bytes | None,
+    ) -> None:
+        endpoint = endpoint_label(exchange.path)
+        model = model_label(exchange.model)
+        deployment = deployment_label(exchange)
+        _child(REQUESTS, endpoint, model, deployment, status).inc()
+        _child(DURATION, endpoint, model).observe(elapsed)
+        if overhead is not None:
+            OVERHEAD.observe(overhead)
+        if first_at is not None:
+            _child(TTFT, model).observe(max(0.0, first_at - exchange.started))
+        if exchange.usage is not None:
+            for kind, n in zip(("input", "cached", "output", "reasoning"), token_counts(exchange.usage), strict=True):
+                if n:
+                    _child(TOKENS, model, kind).inc(n)
+        if exchange.cost_usd:
+            _child(COST, model).inc(float(exchange.cost_usd))
+        notes = exchange.notes
+        if "retries" in notes:
+            for name, n in _per_deployment(notes["retries"], deployment).items():
+                _child(RETRIES, name).inc(n)
+        if "upstream_429s" in notes:
+            for name, n in _per_deployment(notes["upstream_429s"], deployment).items():
+                _child(UPSTREAM_429, name).inc(n)
+        if exchange.cache == "hit":
+            CACHE_HITS.inc()
+        if refusal is not None:
+            error = _error_of(refusal)
+            if error.get("code") == "budget_exceeded":
+                said = _SCOPE.search(str(error.get("message", "")))
+                scope = notes.get("budget_scope") or error.get("param") or (said.group(1) if said else "unknown")
+                _child(BUDGET_REFUSALS, secrets(str(scope))[:LABEL_MAX]).inc()
+
+    def _log(
+        self, exchange: Exchange, status: str, elapsed: float, error: BaseException | None, completed: bool
+    ) -> None:
+        endpoint = endpoint_label(exchange.path)
+        given, cached, produced, reasoning = token_counts(exchange.usage)
+        fields: dict[str, Any] = {
+            "request_id": exchange.request_id,
+            "model": secrets(exchange.model)[:256] if exchange.model else None,
+            "endpoint": endpoint,
+            "status": int(status) if status.isdigit() else status,
+            "attempts": exchange.attempts,
+            "latency_ms": round(elapsed * 1000, 3),
+            "cost_usd": float(exchange.cost_usd) if exchange.cost_usd is not None else None,
+            "cache": exchange.cache,
+            "tags": {k: secrets(v) for k, v in exchange.tags.items()},
+            "deployment": deployment_label(exchange) if exchange.deployment is not None else None,
+            "principal": exchange.principal.id,
+            "input_tokens": given,
+            "cached_tokens": cached,
+            "output_tokens": produced,
+            "reasoning_tokens": reasoning,
+        }
+        if exchange.stream:
+            fields["stream"] = True
+            fields["completed"] = completed
+        if error is not None:
+            fields["error"] = type(error).__name__
+        log.info("%s %s %s", exchange.method, endpoint, status, extra=fields)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class _StreamWatch:
+    """Times a stream's first chunk and records the call when the stream ends (once)."""
+
+    __slots__ = ("done", "exchange", "first_at", "info", "overhead", "reply", "span", "stage")
+
+    def __init__(self, stage: Telemetry, exchange: Exchange, reply: Reply, span: Any, overhead: float) -> None:
+        self.stage, self.exchange, self.reply, self.span, self.overhead = stage, exchange, reply, span, overhead
+        self.first_at: float | None = None
+        self.done = False
+        self.info: dict[str, Any] | None = {} if span is not None else None
+
+    async def wrap(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        completed = False
+        error: BaseException | None = None
+        source = stream
+        if self.info is not None and self.stage.tracing is not None:
+            from ferryman.sse import tap
+
+            source = tap(stream, self.stage.tracing.stream_event(self.info))
+        last = b""
+        try:
+            async for chunk in source:
+                if self.first_at is None:
+                    self.first_at = time.perf_counter()
+                last = chunk
+                yield chunk
+            completed = True
+        except BaseException as exc:
+            error = exc if not isinstance(exc, GeneratorExit) else None
+            raise
+        finally:
+            if not completed:  # stopped early: let the inner stages see their stream end first
+                for gen in {id(source): source, id(stream): stream}.values():
+                    close = getattr(gen, "aclose", None)
+                    if close is not None:
+                        with contextlib.suppress(Exception):  # a broken stream; the call is recorded below
+                            await close()
+            # The SDK stops reading at ``data: [DONE]``: such a stream was whole, though closed early.
+            self.finish(completed or last.rstrip().endswith(b"data: [DONE]"), error)
+
+    def finish(self, completed: bool, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.stage.record(
+            self.exchange,
+            self.reply,
+            self.span,
+            error=error,
+            overhead=self.overhead,
+            first_at=self.first_at,
+            completed=completed,
+            stream_info=self.info,
+        )
+
+    def abandoned(self) -> None:
+        """The reply was closed without its stream being read to the end (or at all)."""
+        self.finish(False)
+
+
+__all__ = [
+    "BUDGET_REFUSALS",
+    "CACHE_HITS",
+    "COST",
+    "DURATION",
+    "OVERHEAD",
+    "REGISTRY",
+    "REQUESTS",
+    "RETRIES",
+    "TOKENS",
+    "TTFT",
+    "UPSTREAM_429",
+    "Telemetry",
+    "TelemetryError",
+    "endpoint_label",
+    "model_label",
+    "operation",
+    "token_counts",
+]

@@ -1,0 +1,167 @@
+"""Client CPU per call: the plain ``openai`` SDK against the SDK through Ferryman's pipeline.
+
+    python benchmarks/transport_overhead.py [--calls 2000] [--warmup 200] [--rounds 3] [--json]
+
+The Ferryman mock runs in its own subprocess (``ferryman mock --rpm 1e9 --tpm 1e12``, so limits
+never bite), so its CPU is not counted. In this process, one after the other, the same sequential
+requests (gpt-4o-mini, one short user message, max_tokens=32) are sent by
+
+- **plain**: ``openai.OpenAI(base_url=mock)``;
+- **ferryman**: ``ferryman.OpenAI(ferryman={"settings": Settings(deployments=[mock], store=<a temp
+  SQLite file>)})``, every stage at its defaults (audit on, Prometheus on, pacing and retry on);
+
+non-streaming, and streaming (reading every chunk). CPU is ``time.process_time()`` of this process
+(every thread: the SDK's, the pipeline's background loop, the store's pool), divided by the calls
+made after the warm-up. Each configuration runs ``--rounds`` times, interleaved, and keeps its best
+round (noise only ever adds CPU).
+
+Goal: ferryman's CPU per call <= 1.15 x the plain SDK's. The benchmark reports; it exits non-zero
+only when the mock fails to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import HOST, ServerProcess, free_port, table
+
+GOAL = 1.15
+KEY = "sk-ferryman-bench-0123456789"
+MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+
+
+def mock_server(port: int) -> ServerProcess:
+    argv = [sys.executable, "-m", "ferryman.cli", "mock", "--host", HOST, "--port", str(port),
+            "--rpm", str(10**9), "--tpm", str(10**12)]  # fmt: skip
+    return ServerProcess("ferryman mock", argv, port)
+
+
+def plain_client(base_url: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+
+
+def ferryman_client(base_url: str, folder: Path) -> Any:
+    import ferryman
+    from ferryman.config import Settings
+
+    os.environ["FERRYMAN_BENCH_UPSTREAM_KEY"] = KEY
+    os.environ["FERRYMAN_DATA_DIR"] = str(folder / "data")
+    settings = Settings(
+        deployments=[{"name": "mock", "base_url": base_url, "api_keys": ["env:FERRYMAN_BENCH_UPSTREAM_KEY"]}],
+        store={"url": f"sqlite:///{folder / 'bench.db'}"},
+    )
+    return ferryman.OpenAI(ferryman={"settings": settings}, api_key="ferryman-managed")
+
+
+def call(client: Any, stream: bool) -> None:
+    if stream:
+        chunks = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=32, stream=True)
+        if sum(1 for _ in chunks) == 0:  # read to the end, as an application does
+            raise RuntimeError("an empty stream")
+    else:
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=32)
+        if not reply.choices:
+            raise RuntimeError("a reply without choices")
+
+
+def measure(client: Any, stream: bool, calls: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        call(client, stream)
+    gc.collect()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        call(client, stream)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"cpu_us": 1e6 * cpu / calls, "wall_us": 1e6 * wall / calls}
+
+
+def best(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return min(rounds, key=lambda r: r["cpu_us"])
+
+
+def run(base_url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    clients: dict[str, Callable[[], Any]] = {
+        "plain": lambda: plain_client(base_url),
+        "ferryman": lambda: ferryman_client(base_url, folder),
+    }
+    made = {name: make() for name, make in clients.items()}
+    results: dict[str, list[dict[str, float]]] = {}
+    try:
+        for stream in (False, True):
+            for i in range(args.rounds):
+                order = list(made) if i % 2 == 0 else list(reversed(made))
+                for name in order:
+                    label = f"{name} ({'stream' if stream else 'plain'})"
+                    results.setdefault(label, []).append(measure(made[name], stream, args.calls, args.warmup))
+    finally:
+        for client in made.values():
+            client.close()
+    return {label: {"best": best(rounds), "rounds": rounds} for label, rounds in results.items()}
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    ratios = {}
+    for kind in ("plain", "stream"):
+        plain, through = results[f"plain ({kind})"]["best"], results[f"ferryman ({kind})"]["best"]
+        ratios[kind] = round(through["cpu_us"] / plain["cpu_us"], 3)
+    return {
+        "config": {"calls": args.calls, "warmup": args.warmup, "rounds": args.rounds, "goal": GOAL},
+        "results": results,
+        "ratios": ratios,
+        "goal_met": {kind: ratio <= GOAL for kind, ratio in ratios.items()},
+    }
+
+
+def print_text(data: dict[str, Any]) -> None:
+    rows = []
+    for label, result in data["results"].items():
+        b = result["best"]
+        rows.append([label, round(b["cpu_us"], 1), round(b["wall_us"], 1),
+                     " ".join(str(round(r["cpu_us"])) for r in result["rounds"])])  # fmt: skip
+    print(table(rows, ["client", "CPU µs/call", "wall µs/call", "CPU µs/call per round"]))
+    print()
+    for kind, ratio in data["ratios"].items():
+        verdict = "GOAL MET" if data["goal_met"][kind] else "GOAL MISSED"
+        print(f"{kind:6s} ferryman / plain SDK CPU per call: {ratio:.3f}x (goal <= {GOAL}x) -> {verdict}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="measured calls per round (default 2000)")
+    parser.add_argument("--warmup", type=int, default=200, help="calls before each measured round (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration; the best counts (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    try:
+        mock = mock_server(free_port()).start()
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        with tempfile.TemporaryDirectory(prefix="ferryman-bench-") as folder:
+            results = run(mock.url + "/v1", args, Path(folder))
+    finally:
+        mock.stop()
+    data = report(results, args)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_text(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
