@@ -1,17 +1,305 @@
-"""(being written) The pacing stage."""
+"""The pacing stage: callers wait for capacity instead of getting 429s.
+
+Each (deployment, model) is a lane with a requests bucket (RPM) and a tokens bucket (TPM), see
+:mod:`ferryman.pipeline.buckets`. A call costs one request and its exact prompt tokens plus the
+output cap it asks for (how OpenAI counts against TPM); both land in ``exchange.prompt_tokens``
+and ``exchange.output_cap``.
+
+- **Seeded or learned.** ``DeploymentSettings.rpm`` / ``.tpm`` seed a lane. Without them the
+  limits are learned from the replies' ``x-ratelimit-*`` headers: until a lane knows any limit,
+  one call at a time goes ahead (a probe) and the rest wait for its headers, so even the first
+  burst meets no 429. A lane whose upstream sends no such headers, unseeded, is not paced.
+- **Corrected live.** Every reply's headers correct the lane (capacity = the advertised limit,
+  or a lower seed; level = the upstream's remaining count, less the calls this process sent
+  after that one and still has in flight). Replies older than the newest seen are ignored.
+- **Paused by 429s.** A 429 ``rate_limit_exceeded`` stops the lane for its ``retry-after-ms`` /
+  ``retry-after``.
+- **Settled.** When the upstream sends no headers but a TPM seed is set, the worst-case estimate
+  is settled against the reply's real usage (``exchange.usage``, else the JSON body's).
+- **Fair.** Waiters queue first in, first out per lane (an ``asyncio.Lock`` is FIFO); the head of
+  the queue sleeps until its cost fits, woken early when the lane changes.
+- **Failing open.** If the shared store (Redis) fails, calls go unpaced (with a warning) rather
+  than fail; a reply is never lost to bookkeeping.
+- **Bounded.** A call that would wait longer than ``pacing.max_wait_s`` gets a 429
+  ``rate_limit_exceeded`` at once, made by Ferryman (its message says so; ``x-should-retry:
+  false``, so neither the retry stage nor the SDK retries it). So does a call whose tokens
+  exceed the lane's TPM outright.
+
+With ``store.redis()`` the lanes live in Redis (one atomic Lua script), so several processes
+share one limit; FIFO order then holds within each process. Waits add to ``notes["waited_ms"]``
+and ``notes["pacing_wait_ms"]``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import weakref
 from typing import Any
 
+import orjson
+
+from ferryman.config import PacingSettings, Settings
 from ferryman.exchange import Exchange, Reply
+from ferryman.pipeline.buckets import Buckets, Cost, MemoryBuckets, RedisBuckets, Seed, Seen
 from ferryman.pipeline.chain import Handler
+from ferryman.pipeline.retry import FERRYMAN_MADE, is_quota_error, retry_after_s
+from ferryman.tokens import count_request_prompt_tokens, endpoint_route, max_output_tokens
+
+REFUSED_HEADER = "x-ferryman-refused-by"
+log = logging.getLogger("ferryman.pacing")
+
+
+def is_paced(exchange: Exchange) -> bool:
+    """Inference calls that name a model count against its limits; files, batches, reads do not."""
+    if exchange.method != "POST" or not isinstance(exchange.model, str):
+        return False
+    return endpoint_route(exchange.path) is not None or exchange.path.startswith(("/audio/", "/images/"))
+
+
+def cost_of(exchange: Exchange) -> Cost:
+    """One request, plus prompt tokens and the output cap (kept on the exchange)."""
+    if exchange.prompt_tokens is None:
+        try:
+            exchange.prompt_tokens = count_request_prompt_tokens(exchange.path, exchange.json)
+        except Exception:  # an estimate must never fail the call; the upstream will judge it
+            exchange.prompt_tokens = 0
+    if exchange.output_cap is None:
+        exchange.output_cap = max_output_tokens(exchange.path, exchange.json)
+    return Cost(1.0, float(exchange.prompt_tokens + (exchange.output_cap or 0)))
+
+
+def usage_tokens(usage: Any) -> float | None:
+    """Tokens a reply's ``usage`` says it used (chat, responses and embeddings shapes)."""
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return float(total)
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
+    numbers = [p for p in parts if isinstance(p, int)]
+    return float(sum(numbers)) if numbers else None
+
+
+class _Lane:
+    """One process's view of a lane: its queue, its calls in flight, its probe."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Event()
+        self.seq = 0
+        self.in_flight: dict[int, Cost] = {}
+        self.last_seen = 0
+        self.probing = False
+        self.open = False  # unseeded, and the upstream sends no limits: nothing to pace by
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def pending(self, seq: int) -> tuple[Cost, Cost]:
+        """Calls in flight sent after ``seq`` (the upstream cannot have counted them yet), and all."""
+        later, every = [0.0, 0.0], [0.0, 0.0]
+        for s, cost in self.in_flight.items():
+            every[0] += cost.requests
+            every[1] += cost.tokens
+            if s > seq:
+                later[0] += cost.requests
+                later[1] += cost.tokens
+        return Cost(*later), Cost(*every)
+
+    async def sleep(self, seconds: float) -> None:
+        """Up to ``seconds``, or until the lane changes."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.changed.wait()
+        except TimeoutError:
+            pass
 
 
 class Pacing:
+    def __init__(self, settings: PacingSettings, deployments: list[Any], buckets: Buckets) -> None:
+        self.settings = settings
+        self.buckets = buckets
+        self.default = deployments[0].name if deployments else "default"
+        self.seeds = {d.name: Seed(d.rpm, d.tpm) for d in deployments}
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Lane]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
     @classmethod
-    def from_settings(cls, settings: Any, **parts: Any) -> Pacing | None:
-        return cls()
+    def from_settings(cls, settings: Settings, **parts: Any) -> Pacing | None:
+        if not settings.pacing.enabled:
+            return None
+        store = parts.get("store")
+        redis = store.redis() if store is not None else None
+        buckets: Buckets = RedisBuckets(redis) if redis is not None else MemoryBuckets()
+        return cls(settings.pacing, list(settings.deployments), buckets)
+
+    def lane(self, key: str) -> _Lane:
+        lanes = self._lanes.setdefault(asyncio.get_running_loop(), {})
+        lane = lanes.get(key)
+        if lane is None:
+            lane = lanes[key] = _Lane()
+        return lane
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
-        return await call_next(exchange)
+        if not is_paced(exchange):
+            return await call_next(exchange)
+        name = exchange.deployment.name if exchange.deployment is not None else self.default
+        key = f"{name}|{exchange.model}"
+        seed = self.seeds.get(name, Seed())
+        lane = self.lane(key)
+        cost = cost_of(exchange)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        refusal, probe = await self._admit(exchange, lane, key, cost, seed, started + self.settings.max_wait_s)
+        sent_at = loop.time()
+        if sent_at - started > 0.0001:
+            waited_ms = (sent_at - started) * 1000
+            exchange.notes["waited_ms"] = exchange.notes.get("waited_ms", 0.0) + waited_ms
+            exchange.notes["pacing_wait_ms"] = exchange.notes.get("pacing_wait_ms", 0.0) + waited_ms
+        if refusal is not None:
+            return refusal
+        lane.seq += 1
+        seq = lane.seq
+        lane.in_flight[seq] = cost
+        try:
+            reply = await call_next(exchange)
+        except BaseException:
+            lane.in_flight.pop(seq, None)
+            self._end_probe(lane, probe)
+            raise
+        lane.in_flight.pop(seq, None)
+        try:
+            await self._learn(exchange, lane, key, seed, seq, loop.time() - sent_at, reply, cost, probe)
+        except Exception:  # never lose a reply over bookkeeping
+            log.warning("pacing could not learn from a reply of %s", key, exc_info=True)
+        finally:
+            self._end_probe(lane, probe)
+        return reply
+
+    async def _admit(
+        self, exchange: Exchange, lane: _Lane, key: str, cost: Cost, seed: Seed, deadline: float
+    ) -> tuple[Reply | None, bool]:
+        """Wait at the lane's queue, then until the cost fits. Returns (a refusal, is a probe)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lane.lock.acquire()
+        except TimeoutError:
+            return self._refusal(exchange, key, None), False
+        try:
+            while True:
+                try:
+                    wait = await self.buckets.take(key, cost, seed)
+                except Exception:  # the shared store is down: let calls through rather than fail them
+                    log.warning("pacing store unavailable; %s goes unpaced", key, exc_info=True)
+                    return None, False
+                if wait is None:  # no limit known yet
+                    if lane.open:
+                        return None, False
+                    if not lane.probing:
+                        lane.probing = True
+                        return None, True
+                    wait = max(0.0, deadline - loop.time())  # until the probe's headers arrive
+                    if wait <= 0:
+                        return self._refusal(exchange, key, None), False
+                elif wait <= 0:
+                    return None, False
+                elif math.isinf(wait) or loop.time() + wait > deadline:
+                    return self._refusal(exchange, key, wait), False
+                await lane.sleep(wait)
+        finally:
+            lane.lock.release()
+
+    @staticmethod
+    def _end_probe(lane: _Lane, probe: bool) -> None:
+        if probe:
+            lane.probing = False
+            lane.poke()
+
+    async def _learn(
+        self,
+        exchange: Exchange,
+        lane: _Lane,
+        key: str,
+        seed: Seed,
+        seq: int,
+        age_s: float,
+        reply: Reply,
+        cost: Cost,
+        probe: bool,
+    ) -> None:
+        seen = Seen.from_headers(reply.headers)
+        if seen is not None:
+            if seq > lane.last_seen:
+                lane.last_seen = seq
+                await self.buckets.observe(key, seen, *lane.pending(seq), age_s, seed)
+                lane.poke()
+        elif probe and reply.status != 429:
+            lane.open = True
+        if reply.status == 429 and not is_quota_error(reply):
+            advised = retry_after_s(reply.headers)
+            if advised:
+                await self.buckets.pause(key, advised, seed)
+        elif seen is None and seed.tokens and reply.status < 400 and cost.tokens:
+            self._settle_later(exchange, reply, key, seed, cost)
+
+    def _settle_later(self, exchange: Exchange, reply: Reply, key: str, seed: Seed, cost: Cost) -> None:
+        """No headers to trust: settle the estimate against real usage (streams: when done)."""
+        if not reply.is_stream:
+            usage = exchange.usage
+            if usage is None and reply.body and b'"usage"' in reply.body:
+                try:
+                    body = orjson.loads(reply.body)
+                except orjson.JSONDecodeError:
+                    body = None
+                usage = body.get("usage") if isinstance(body, dict) else None
+            self._spawn(self._settle(key, seed, cost, usage))
+            return
+        loop = asyncio.get_running_loop()
+
+        def settle() -> None:  # on_close may run on the caller's thread (the sync SDK)
+            loop.call_soon_threadsafe(lambda: self._spawn(self._settle(key, seed, cost, exchange.usage)))
+
+        reply.on_close.append(settle)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, key: str, seed: Seed, cost: Cost, usage: Any) -> None:
+        used = usage_tokens(usage)
+        if used is not None and used != cost.tokens:
+            try:
+                await self.buckets.adjust(key, cost.tokens - used, seed)
+            except Exception:
+                log.warning("pacing could not settle a call of %s", key, exc_info=True)
+
+    def _refusal(self, exchange: Exchange, key: str, wait: float | None) -> Reply:
+        exchange.notes[FERRYMAN_MADE] = True
+        deployment, _, model = key.partition("|")
+        where = f"deployment {deployment!r}, model {model!r}"
+        headers = {"x-should-retry": "false", REFUSED_HEADER: "pacing"}
+        if wait is not None and math.isinf(wait):
+            message = (
+                f"Ferryman's pacing refused this call: it needs {exchange.prompt_tokens or 0} prompt tokens plus "
+                f"{exchange.output_cap or 0} output tokens, more than the tokens-per-minute limit of {where}. "
+                "Reduce the input or max tokens. (This 429 was made by Ferryman, not sent by the upstream.)"
+            )
+        else:
+            ahead = "" if wait is None else f" for about {wait:.1f} s"
+            message = (
+                f"Ferryman's pacing refused this call: {where} has no capacity{ahead}, longer than "
+                f"pacing.max_wait_s ({self.settings.max_wait_s:g} s). "
+                "(This 429 was made by Ferryman, not sent by the upstream.)"
+            )
+            if wait is not None:
+                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+                headers["retry-after"] = str(max(1, math.ceil(wait)))
+        body = {"error": {"message": message, "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}}
+        return Reply.of_json(429, body, headers)
