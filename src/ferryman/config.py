@@ -92,6 +92,7 @@ class TelemetrySettings(BaseModel):
 class StoreSettings(BaseModel):
     url: str | None = None  # SQLAlchemy URL; default SQLite in the user data directory
     redis_url: str | None = None
+    redis_prefix: str = "ferryman:"  # every Redis key Ferryman writes starts with this
     shared: bool = False  # several processes share limits and budgets: needs PostgreSQL + Redis
 
 

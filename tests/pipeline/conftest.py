@@ -8,6 +8,7 @@ the async twin. Settings are keyword overrides of :class:`ferryman.config.Settin
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ def ferryman_settings(
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("deployments", [mock_deployment(ferryman_mock)])
         overrides.setdefault("store", {"url": f"sqlite:///{tmp_path / 'ferryman.db'}"})
+        if isinstance(overrides["store"], dict) and overrides["store"].get("redis_url"):
+            # Each test's Redis keys apart from every other run's (and cleaned up with the prefix).
+            overrides["store"] = {"redis_prefix": f"ferryman-test-{uuid.uuid4().hex[:12]}:", **overrides["store"]}
         return Settings(**overrides)
 
     return make

@@ -391,7 +391,7 @@ async def test_two_processes_share_one_budget(
         audit={"enabled": False},  # this test is about budgets; keep the shared database to them
     )
     store = open_store(settings)  # migrated once, before the workers start
-    counters = RedisBudgetStore(store.redis()) if with_redis else SQLBudgetStore(store)
+    counters = RedisBudgetStore(store.redis(), store.redis_prefix + "budget:") if with_redis else SQLBudgetStore(store)
     scope, window = f"tag:run={run}", window_of("day", datetime.now(UTC).timestamp())[0]
     config = {
         "settings": json.loads(settings.model_dump_json()),

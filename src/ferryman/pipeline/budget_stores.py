@@ -238,7 +238,7 @@ class RedisBudgetStore:
 def budget_store(store: Store) -> BudgetStore:
     """Redis when the store has it (several processes share one limit), else the database."""
     redis = store.redis()
-    return RedisBudgetStore(redis) if redis is not None else SQLBudgetStore(store)
+    return RedisBudgetStore(redis, store.redis_prefix + "budget:") if redis is not None else SQLBudgetStore(store)
 
 
 __all__ = ["UNIT", "BudgetStore", "Counter", "RedisBudgetStore", "Refusal", "SQLBudgetStore", "budget_store"]

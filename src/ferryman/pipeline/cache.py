@@ -83,7 +83,9 @@ class Cache:
         if settings.cache.mode == "off" or store is None:
             return None
         redis = store.redis()
-        backend: Backend = RedisBackend(redis, REDIS_PREFIX) if redis is not None else SQLBackend(store)
+        backend: Backend = SQLBackend(store)
+        if redis is not None:
+            backend = RedisBackend(redis, store.redis_prefix + REDIS_PREFIX.removeprefix("ferryman:"))
         return cls(settings.cache, backend)
 
     # The decision and the key.

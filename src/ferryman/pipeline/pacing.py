@@ -135,7 +135,9 @@ class Pacing:
             return None
         store = parts.get("store")
         redis = store.redis() if store is not None else None
-        buckets: Buckets = RedisBuckets(redis) if redis is not None else MemoryBuckets()
+        buckets: Buckets = MemoryBuckets()
+        if store is not None and redis is not None:
+            buckets = RedisBuckets(redis, store.redis_prefix + "pacing:")
         return cls(settings.pacing, list(settings.deployments), buckets)
 
     def lane(self, key: str) -> _Lane:

@@ -56,11 +56,12 @@ class Store:
     writer at a time) so the event loop never waits on the disk.
     """
 
-    def __init__(self, engine: Engine, redis_url: str | None = None) -> None:
+    def __init__(self, engine: Engine, redis_url: str | None = None, redis_prefix: str = "ferryman:") -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._pool = ThreadPoolExecutor(max_workers=1 if self.is_sqlite else 8, thread_name_prefix="ferryman-db")
         self.redis_url = redis_url
+        self.redis_prefix = redis_prefix
         self._redis: Any = None
         self._redis_lock = threading.Lock()
 
@@ -87,4 +88,4 @@ def open_store(settings: Settings, url: str | None = None, migrate_schema: bool 
     engine = make_engine(url or settings.database_url())
     if migrate_schema:
         migrate(engine)
-    return Store(engine, settings.store.redis_url)
+    return Store(engine, settings.store.redis_url, settings.store.redis_prefix)
