@@ -192,7 +192,7 @@ def run_suite(source: str) -> subprocess.CompletedProcess[str]:
         test = Path(folder) / "test_inner.py"
         test.write_text(textwrap.dedent(source))
         argv = [sys.executable, "-m", "pytest", "-p", "tests.leak_guard", "-p", "no:cacheprovider", "-q"]
-        argv += ["--basetemp", str(Path(folder) / "tmp"), str(test)]
+        argv += ["--rootdir", folder, "--basetemp", str(Path(folder) / "tmp"), str(test)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FERRYMAN_TEST_POSTGRES": "postgresql://nobody@127.0.0.1:1/none"}
         return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
