@@ -1,6 +1,7 @@
 """Client CPU per call: the plain ``openai`` SDK against the SDK through Ferryman's pipeline.
 
     python benchmarks/transport_overhead.py [--calls 2000] [--warmup 200] [--rounds 3] [--json]
+                                            [--set audit.enabled=false ...]
 
 The Ferryman mock runs in its own subprocess (``ferryman mock --rpm 1e9 --tpm 1e12``, so limits
 never bite), so its CPU is not counted. In this process, one after the other, the same sequential
@@ -14,6 +15,10 @@ non-streaming, and streaming (reading every chunk). CPU is ``time.process_time()
 (every thread: the SDK's, the pipeline's background loop, the store's pool), divided by the calls
 made after the warm-up. Each configuration runs ``--rounds`` times, interleaved, and keeps its best
 round (noise only ever adds CPU).
+
+``--set KEY=VALUE`` (repeatable; dotted keys of ``ferryman.config.Settings``, JSON values) changes
+the ferryman client's settings, e.g. ``--set audit.enabled=false`` or ``--set pacing.enabled=false``
+to see what one stage costs.
 
 Goal: ferryman's CPU per call <= 1.15 x the plain SDK's. The benchmark reports; it exits non-zero
 only when the mock fails to start.
@@ -53,15 +58,37 @@ def plain_client(base_url: str) -> Any:
     return openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
 
 
-def ferryman_client(base_url: str, folder: Path) -> Any:
+def overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["audit.enabled=false", "retry.max_attempts=1"]`` → ``{"audit": {"enabled": False}, ...}``."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, not {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+def ferryman_client(base_url: str, folder: Path, extra: dict[str, Any] | None = None) -> Any:
     import ferryman
     from ferryman.config import Settings
 
     os.environ["FERRYMAN_BENCH_UPSTREAM_KEY"] = KEY
     os.environ["FERRYMAN_DATA_DIR"] = str(folder / "data")
     settings = Settings(
-        deployments=[{"name": "mock", "base_url": base_url, "api_keys": ["env:FERRYMAN_BENCH_UPSTREAM_KEY"]}],
-        store={"url": f"sqlite:///{folder / 'bench.db'}"},
+        **{
+            "deployments": [{"name": "mock", "base_url": base_url, "api_keys": ["env:FERRYMAN_BENCH_UPSTREAM_KEY"]}],
+            "store": {"url": f"sqlite:///{folder / 'bench.db'}"},
+            **(extra or {}),
+        }
     )
     return ferryman.OpenAI(ferryman={"settings": settings}, api_key="ferryman-managed")
 
@@ -95,7 +122,7 @@ def best(rounds: list[dict[str, float]]) -> dict[str, float]:
 def run(base_url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     clients: dict[str, Callable[[], Any]] = {
         "plain": lambda: plain_client(base_url),
-        "ferryman": lambda: ferryman_client(base_url, folder),
+        "ferryman": lambda: ferryman_client(base_url, folder, overrides(args.set)),
     }
     made = {name: make() for name, make in clients.items()}
     results: dict[str, list[dict[str, float]]] = {}
@@ -118,7 +145,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         plain, through = results[f"plain ({kind})"]["best"], results[f"ferryman ({kind})"]["best"]
         ratios[kind] = round(through["cpu_us"] / plain["cpu_us"], 3)
     return {
-        "config": {"calls": args.calls, "warmup": args.warmup, "rounds": args.rounds, "goal": GOAL},
+        "config": {"calls": args.calls, "warmup": args.warmup, "rounds": args.rounds, "goal": GOAL, "set": args.set},
         "results": results,
         "ratios": ratios,
         "goal_met": {kind: ratio <= GOAL for kind, ratio in ratios.items()},
@@ -144,6 +171,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="calls before each measured round (default 200)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration; the best counts (default 3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a ferryman setting, e.g. audit.enabled=false"
+    )
     args = parser.parse_args()
     try:
         mock = mock_server(free_port()).start()

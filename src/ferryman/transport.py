@@ -10,7 +10,8 @@ off before the upstream sees the request; replies gain ``x-ferryman-*`` headers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx2
 
@@ -29,12 +30,21 @@ def api_path(url: httpx2.URL) -> str:
 
 
 def exchange_from(request: httpx2.Request, body: bytes) -> Exchange:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in request.headers.raw:  # one pass, no httpx2.Headers views
+        name = raw_name.decode("latin-1").lower()
+        try:
+            value = raw_value.decode("ascii")
+        except UnicodeDecodeError:
+            value = raw_value.decode("utf-8", errors="replace")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    query = request.url.query
     return Exchange.build(
         request.method,
         api_path(request.url),
-        dict(request.headers.items()),
+        headers,
         body,
-        query=request.url.query.decode("ascii") if isinstance(request.url.query, bytes) else str(request.url.query),
+        query=query.decode("ascii") if isinstance(query, bytes) else str(query),
     )
 
 
@@ -53,6 +63,18 @@ def ferryman_headers(exchange: Exchange, reply: Reply) -> dict[str, str]:
     waited = exchange.notes.get("upstream_ms", 0.0) + exchange.notes.get("waited_ms", 0.0)
     headers["x-ferryman-overhead-ms"] = f"{max(0.0, exchange.elapsed_ms - waited):.3f}"
     return headers
+
+
+def _raw(headers: dict[str, str], length: int | None = None) -> list[tuple[bytes, bytes]]:
+    """Headers as httpx2 keeps them (cheaper to hand over than a dict it must normalise)."""
+    raw = [
+        (name.encode("latin-1"), value.encode("utf-8"))
+        for name, value in headers.items()
+        if name != "content-length" and name != "transfer-encoding"
+    ]
+    if length is not None:
+        raw.append((b"content-length", str(length).encode("ascii")))
+    return raw
 
 
 def _close(reply: Reply) -> None:
@@ -84,7 +106,7 @@ class AsyncFerrymanTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         exchange = exchange_from(request, await request.aread())
         reply = await self.pipeline(exchange)
-        return to_response(exchange, reply, request)
+        return to_response(exchange, reply, request, _AsyncStream)
 
     async def aclose(self) -> None:
         close = getattr(self.pipeline.terminal, "aclose", None)
@@ -92,48 +114,35 @@ class AsyncFerrymanTransport(httpx2.AsyncBaseTransport):
             await close()
 
 
-def to_response(exchange: Exchange, reply: Reply, request: httpx2.Request) -> httpx2.Response:
+def to_response(
+    exchange: Exchange, reply: Reply, request: httpx2.Request, stream: Callable[[Reply], httpx2.ByteStream | Any]
+) -> httpx2.Response:
+    """The reply as an httpx2 response, ``x-ferryman-*`` headers added; ``stream(reply)`` wraps a
+    streamed body for the caller's side (sync or async)."""
     redact_error(reply)
     headers = ferryman_headers(exchange, reply)
     if reply.is_stream:
-        return httpx2.Response(reply.status, headers=headers, stream=_AsyncStream(reply), request=request)
+        return httpx2.Response(reply.status, headers=_raw(headers), stream=stream(reply), request=request)
     _close(reply)
-    return httpx2.Response(reply.status, headers=headers, content=reply.body, request=request)
+    body = reply.body
+    raw = _raw(headers, len(body))
+    return httpx2.Response(reply.status, headers=raw, stream=httpx2.ByteStream(body), request=request)
 
 
 class _SyncStream(httpx2.SyncByteStream):
-    """A streamed reply read from the sync SDK: each chunk fetched from the background loop."""
+    """A streamed reply read from the sync SDK: a task on the background loop reads it ahead."""
 
     def __init__(self, reply: Reply, loop: asyncio.AbstractEventLoop) -> None:
+        assert reply.stream is not None
         self.reply = reply
-        self.loop = loop
+        self.pump = _loop.Pump(reply.stream, loop)
 
     def __iter__(self) -> Iterator[bytes]:
-        stream = self.reply.stream
-        assert stream is not None
-        iterator = stream.__aiter__()
-        while True:
-            future = asyncio.run_coroutine_threadsafe(_next(iterator), self.loop)
-            chunk = future.result()
-            if chunk is None:
-                return
-            yield chunk
+        return iter(self.pump)
 
     def close(self) -> None:
-        stream = self.reply.stream
-        if stream is not None and hasattr(stream, "aclose"):
-            if asyncio._get_running_loop() is self.loop:  # collected on the loop's own thread
-                self.loop.create_task(stream.aclose())
-            else:
-                asyncio.run_coroutine_threadsafe(stream.aclose(), self.loop).result()
+        self.pump.close()
         _close(self.reply)
-
-
-async def _next(iterator: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await iterator.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 class FerrymanTransport(httpx2.BaseTransport):
@@ -143,18 +152,9 @@ class FerrymanTransport(httpx2.BaseTransport):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         body = request.read()
         loop = _loop.background_loop()
-
-        async def run() -> tuple[Exchange, Reply]:
-            exchange = exchange_from(request, body)
-            return exchange, await self.pipeline(exchange)
-
-        exchange, reply = asyncio.run_coroutine_threadsafe(run(), loop).result()
-        redact_error(reply)
-        headers = ferryman_headers(exchange, reply)
-        if reply.is_stream:
-            return httpx2.Response(reply.status, headers=headers, stream=_SyncStream(reply, loop), request=request)
-        _close(reply)
-        return httpx2.Response(reply.status, headers=headers, content=reply.body, request=request)
+        exchange = exchange_from(request, body)
+        reply = _loop.run(self.pipeline(exchange), loop)
+        return to_response(exchange, reply, request, lambda streamed: _SyncStream(streamed, loop))
 
     def close(self) -> None:
         close = getattr(self.pipeline.terminal, "aclose", None)

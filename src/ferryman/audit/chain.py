@@ -24,6 +24,7 @@ from typing import IO, Any
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
+from ferryman.audit.head import Head, HeadWriter
 from ferryman.audit.keys import CheckpointKey
 from ferryman.store.tables import audit, audit_checkpoints
 
@@ -86,6 +87,11 @@ def record_hash(prev_hash: str, record: Mapping[Any, Any]) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical(record)).hexdigest()
 
 
+def _row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """:func:`record_hash` of a row :func:`normalise` made already (normalising twice changes nothing)."""
+    return hashlib.sha256(prev_hash.encode("ascii") + orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     kind: str  # head | prune
@@ -142,11 +148,58 @@ class Chain:
     def __init__(self, engine: Engine, key: CheckpointKey) -> None:
         self.engine = engine
         self.key = key
+        self.writer = HeadWriter(engine, LOCK_ID)
 
     # -- append ----------------------------------------------------------------------------
 
     def append(self, record: Mapping[Any, Any]) -> Appended:
         """Add one record (its fields as in :data:`FIELDS`, no seq) at the head of the chain."""
+        appended = self._append_known(record, wait=True)
+        if appended is not None:
+            return appended
+        with self.writer.lock:
+            return self._append_read(record)
+
+    def try_append(self, record: Mapping[Any, Any]) -> Appended | None:
+        """:meth:`append` for an event loop's thread: only when it needs no wait and no read (SQLite,
+        this process wrote the head last, the database is not busy); None otherwise, and then the
+        caller runs :meth:`append` on a thread."""
+        if not self.writer.sqlite:
+            return None
+        return self._append_known(record, wait=False)
+
+    def checkpoint_wal(self) -> None:
+        """Fold SQLite's write-ahead log into the database (from a thread, every so many
+        :meth:`try_append`; see :attr:`wal_checkpoint_due`)."""
+        self.writer.checkpoint_wal()
+
+    @property
+    def wal_checkpoint_due(self) -> bool:
+        return self.writer.checkpoint_due
+
+    def _append_known(self, record: Mapping[Any, Any], *, wait: bool) -> Appended | None:
+        """The fast path (see :mod:`ferryman.audit.head`): from the head this process wrote last."""
+        writer = self.writer
+        if writer.head is None or not writer.lock.acquire(blocking=wait):
+            return None
+        try:
+            head = writer.head
+            if head is None:
+                return None
+            row = normalise({**record, "seq": head.seq + 1})
+            digest = _row_hash(head.hash, row)
+            seq, count = row["seq"], head.count + 1
+            after = Head(seq, digest, count, self.key.sign("head", seq, digest, count))
+            if not writer.write(head, after, row, time.time(), wait=wait):
+                return None
+            return Appended(seq, digest, True)
+        finally:
+            writer.lock.release()
+
+    def _append_read(self, record: Mapping[Any, Any]) -> Appended:
+        """The full path: lock, read and check the head, append; remember the head when anchored."""
+        self.writer.head = None
+        after: Head | None = None
         with self.engine.begin() as conn:
             _lock(conn)
             found = _checkpoints(conn)
@@ -162,12 +215,15 @@ class Chain:
                 anchored = not heads and not prune  # the very first record
                 prev_seq, prev_hash, count = (prune[0].seq, prune[0].hash, 0) if prune else (0, ZERO_HASH, 0)
             row = normalise({**record, "seq": prev_seq + 1})
-            digest = record_hash(prev_hash, row)
+            digest = _row_hash(prev_hash, row)
             stored = {**row, "cost_usd": Decimal(row["cost_usd"]), "prev_hash": prev_hash, "hash": digest}
             conn.execute(_INSERT, stored)
             if anchored:
-                self._put_checkpoint(conn, "head", row["seq"], digest, count + 1)
-            return Appended(row["seq"], digest, anchored)
+                signature = self._put_checkpoint(conn, "head", row["seq"], digest, count + 1)
+                after = Head(row["seq"], digest, count + 1, signature)
+        # Remembered once committed: the next append in this process can skip the reads.
+        self.writer.head = after
+        return Appended(row["seq"], digest, anchored)
 
     # -- verify ----------------------------------------------------------------------------
 
@@ -280,16 +336,12 @@ class Chain:
     def _signed(self, cp: Checkpoint) -> bool:
         return self.key.check(cp.kind, cp.seq, cp.hash, cp.count, cp.signature)
 
-    def _put_checkpoint(self, conn: Connection, kind: str, seq: int, hash_: str, count: int) -> None:
-        values = {
-            "ts": time.time(),
-            "seq": seq,
-            "hash": hash_,
-            "count": count,
-            "signature": self.key.sign(kind, seq, hash_, count),
-        }
+    def _put_checkpoint(self, conn: Connection, kind: str, seq: int, hash_: str, count: int) -> str:
+        signature = self.key.sign(kind, seq, hash_, count)
+        values = {"ts": time.time(), "seq": seq, "hash": hash_, "count": count, "signature": signature}
         if conn.execute(_PUT_CHECKPOINT, {"_kind": kind, **values}).rowcount == 0:
             conn.execute(_ADD_CHECKPOINT, {"kind": kind, **values})
+        return signature
 
 
 def _lock(conn: Connection) -> None:

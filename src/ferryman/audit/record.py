@@ -101,71 +101,96 @@ class StreamRecorder:
         self.kept_chars = 0
         self.truncated = False
         self._meta: dict[str, Any] = {}
+        self._meta_missing = ["id", "object", "created", "model", "system_fingerprint", "service_tier"]
         self._choices: dict[int, dict[str, Any]] = {}
         self._response: dict[str, Any] | None = None
         self._text: list[str] = []  # Responses output_text deltas, or raw data of unknown events
 
     def on_event(self, event: SSEEvent) -> bytes:
-        if not event.data:
+        data = event.data
+        if not data:
             return event.raw
-        if event.is_done:
-            self.finished = True
         if self.first_at is None:
             self.first_at = time.perf_counter()
         self.events += 1
-        value = event.json()
+        if data == "[DONE]":
+            self.finished = True
+            return event.raw
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            value = None
         if isinstance(value, dict):
             self._feed(value)
-        elif self.keep_body and not event.is_done:
-            self._keep(self._text, event.data)
+        elif self.keep_body:
+            self._keep(self._text, data)
         return event.raw
 
     def _feed(self, value: dict[str, Any]) -> None:
-        self.usage = usage_in(value) or self.usage
-        error = value.get("error") if isinstance(value.get("error"), dict) else None
-        if value.get("type") == "error":
+        get = value.get
+        usage = get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        elif "response" in value:
+            self.usage = usage_in(value) or self.usage
+        kind = get("type")
+        error = get("error")
+        if kind == "error":
             error = value
+        elif not isinstance(error, dict):
+            error = None
         if error is not None:
             code = error.get("code") or error.get("type")
             self.error = error_text(f"stream error {code}: {error.get('message')}", self.mode)
-        kind = value.get("type")
         if kind in TERMINAL_EVENTS:
             self.finished = True
         if not self.keep_body:
             return
-        if isinstance(value.get("choices"), list):
-            self._chat(value)
+        choices = get("choices")
+        if isinstance(choices, list):
+            self._chat(value, choices)
         elif isinstance(kind, str) and kind.startswith("response."):
-            if isinstance(value.get("response"), dict):
+            if isinstance(get("response"), dict):
                 self._response = value["response"]
-            if kind == "response.output_text.delta" and isinstance(value.get("delta"), str):
+            if kind == "response.output_text.delta" and isinstance(get("delta"), str):
                 self._keep(self._text, value["delta"])
         elif error is None:
             self._keep(self._text, orjson.dumps(value).decode())
 
-    def _chat(self, chunk: dict[str, Any]) -> None:
-        for name in ("id", "object", "created", "model", "system_fingerprint", "service_tier"):
-            if chunk.get(name) is not None:
-                self._meta.setdefault(name, chunk[name])
-        self._meta["object"] = "chat.completion"  # reassembled from chat.completion.chunk events
-        for choice in chunk["choices"]:
+    def _chat(self, chunk: dict[str, Any], choices: list[Any]) -> None:
+        meta = self._meta
+        if self._meta_missing:
+            for name in list(self._meta_missing):
+                if chunk.get(name) is not None:
+                    meta[name] = chunk[name]
+                    self._meta_missing.remove(name)
+        meta["object"] = "chat.completion"  # reassembled from chat.completion.chunk events
+        for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            index = choice.get("index", 0)
-            into = self._choices.setdefault(index, {"index": index, "content": [], "refusal": [], "tools": {}})
-            if choice.get("finish_reason"):
-                into["finish_reason"] = choice["finish_reason"]
-            if isinstance(choice.get("text"), str):  # legacy completions
-                self._keep(into["content"], choice["text"])
-            delta = choice.get("delta")
+            get = choice.get
+            index = get("index", 0)
+            into = self._choices.get(index)
+            if into is None:
+                into = self._choices[index] = {"index": index, "content": [], "refusal": [], "tools": {}}
+            finish = get("finish_reason")
+            if finish:
+                into["finish_reason"] = finish
+            text = get("text")
+            if isinstance(text, str):  # legacy completions
+                self._keep(into["content"], text)
+            delta = get("delta")
             if not isinstance(delta, dict):
                 continue
             if delta.get("role"):
                 into["role"] = delta["role"]
-            for name in ("content", "refusal"):
-                if isinstance(delta.get(name), str):
-                    self._keep(into[name], delta[name])
-            for call in delta.get("tool_calls") or []:
+            content = delta.get("content")
+            if isinstance(content, str):
+                self._keep(into["content"], content)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str):
+                self._keep(into["refusal"], refusal)
+            for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict):
                     self._tool_call(into["tools"], call)
 

@@ -39,6 +39,8 @@ from ferryman.sse import SSEEvent, tap
 from ferryman.tokens import count_request_prompt_tokens, endpoint_route
 
 FINISH_NOTE = "account.finish"
+# (body, parsed JSON) of the plain reply this stage read; valid while the reply's body is that object.
+PARSED_NOTE = "account.parsed"
 ASKS_FOR_USAGE = ("/chat/completions", "/completions")  # streams that need stream_options.include_usage
 PRICED = ("/chat/completions", "/completions", "/responses", "/embeddings")
 FREE = ("/moderations",)
@@ -117,6 +119,7 @@ def _plain_usage(body: bytes, exchange: Exchange) -> tuple[dict[str, Any] | None
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None, None, None
+        exchange.notes[PARSED_NOTE] = (body, data)  # stages further out need not parse it again
         if not isinstance(data, dict):
             return None, None, None
         usage, model, tier = data.get("usage"), data.get("model"), data.get("service_tier")
@@ -135,6 +138,14 @@ def _plain_usage(body: bytes, exchange: Exchange) -> tuple[dict[str, Any] | None
         return None, None, None
     tiers = _TIER.findall(body[-4096:])
     return (usage if isinstance(usage, dict) else None), exchange.model, (tiers[-1].decode() if tiers else None)
+
+
+def parsed_reply(exchange: Exchange, body: bytes) -> tuple[bool, Any]:
+    """``(True, value)`` when this stage parsed exactly ``body`` (the same object) already."""
+    seen = exchange.notes.get(PARSED_NOTE)
+    if seen is not None and seen[0] is body:
+        return True, seen[1]
+    return False, None
 
 
 def without_null_usage(event: SSEEvent) -> bytes | None:
@@ -236,4 +247,4 @@ class _Meter:
         return exchange.prompt_tokens
 
 
-__all__ = ["FINISH_NOTE", "Account", "without_null_usage"]
+__all__ = ["FINISH_NOTE", "PARSED_NOTE", "Account", "parsed_reply", "without_null_usage"]

@@ -4,8 +4,10 @@ The record is written when the call is over: for a plain reply before it is retu
 stream when its last event has gone out (or it broke, or the caller left early), so the inner
 stages (account, cache) have settled usage and cost by then. Refusals by inner stages are
 replies like any other; a transport error raised from inside is recorded with status 599 and
-re-raised. Rendering and redacting bodies, hashing and the insert run on the store's threads;
-see :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record` for the bodies.
+re-raised. Rendering and redacting bodies, hashing and the insert take tens of µs for a small
+record on SQLite and run on the loop then; large bodies, PostgreSQL and a busy database go to
+the store's threads. See :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record`
+for the bodies.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import orjson
 
 from ferryman import redact
+from ferryman._loop import abandoned
 from ferryman.audit.chain import Appended, Chain
 from ferryman.audit.keys import load_key
 from ferryman.audit.record import (
@@ -35,6 +38,7 @@ from ferryman.audit.record import (
 )
 from ferryman.errors import OpenAIError
 from ferryman.exchange import Exchange, Reply
+from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Handler
 from ferryman.pricing import TokenCounts
 from ferryman.sse import tap
@@ -44,6 +48,8 @@ log = logging.getLogger("ferryman.audit")
 
 TRANSPORT_ERROR_STATUS = 599
 CANCELLED_STATUS = 499
+# Records whose bodies are at most this big are rendered and written on the event loop (SQLite).
+INLINE_BODY_BYTES = 16 * 1024
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Audit:
         self.bodies = bodies
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned = False
+        self._checkpointing = False
 
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Audit | None:
@@ -144,7 +151,8 @@ class Audit:
         except GeneratorExit:
             raise
         except BaseException as exc:
-            outcome = f"stream broke: {type(exc).__name__}: {exc}"
+            if not abandoned(exc):  # a sync reader's close stops the read-ahead with a cancellation
+                outcome = f"stream broke: {type(exc).__name__}: {exc}"
             raise
         finally:
             if not call.done:
@@ -195,7 +203,7 @@ class Audit:
         }
         usage = ex.usage or (call.stream.usage if call.stream is not None else None)
         try:
-            appended = await self.store.run(self._append, call, usage)
+            appended = await self._append(call, usage)
         except Exception as exc:  # the call itself went through: say so, loudly, and carry on
             log.error(
                 "audit record for %s %s not written: %s",
@@ -212,15 +220,45 @@ class Audit:
                 "run `ferryman audit verify`"
             )
 
-    def _append(self, call: _Call, usage: dict[str, Any] | None) -> Appended:
-        """On a store thread: parse, redact and render the bodies, then append the record."""
+    async def _append(self, call: _Call, usage: dict[str, Any] | None) -> Appended:
+        """Render and append the record: on the loop when that is quick (SQLite, small bodies, the
+        head known and the database free: tens of µs, and a commit does not fsync in WAL mode),
+        else on a store thread."""
+        chain = self.chain
+        if not self.store.is_sqlite or _body_size(call) > INLINE_BODY_BYTES:
+            return await self.store.run(self._render_and_append, call, usage)
+        fields = self._render(call, usage)
+        appended = chain.try_append(fields)
+        if appended is None:
+            return await self.store.run(chain.append, fields)
+        if chain.wal_checkpoint_due and not self._checkpointing:
+            self._checkpointing = True
+            self._spawn(self._checkpoint_wal())
+        return appended
+
+    async def _checkpoint_wal(self) -> None:
+        try:
+            await self.store.run(self.chain.checkpoint_wal)
+        except Exception as exc:  # the next one will try again; appends do not depend on it
+            log.warning("audit: WAL checkpoint failed: %s", redact.secrets(str(exc))[:300])
+        finally:
+            self._checkpointing = False
+
+    def _render_and_append(self, call: _Call, usage: dict[str, Any] | None) -> Appended:
+        """On a store thread: render the record, then append it."""
+        return self.chain.append(self._render(call, usage))
+
+    def _render(self, call: _Call, usage: dict[str, Any] | None) -> dict[str, Any]:
+        """Parse, redact and render the bodies into the record's fields."""
         mode = self.bodies
         value: Any = None
         if call.reply and "json" in (call.reply_type or "json") and len(call.reply) <= MAX_PARSE_BYTES:
-            try:
-                value = orjson.loads(call.reply)
-            except orjson.JSONDecodeError:
-                value = None
+            known, value = parsed_reply(call.exchange, call.reply)
+            if not known:
+                try:
+                    value = orjson.loads(call.reply)
+                except orjson.JSONDecodeError:
+                    value = None
         usage = usage or usage_in(value)
         counts = TokenCounts.from_usage(usage)
         fields = call.fields
@@ -238,7 +276,12 @@ class Audit:
             output_tokens=counts.output,
             reasoning_tokens=counts.reasoning,
         )
-        return self.chain.append(fields)
+        return fields
+
+
+def _body_size(call: _Call) -> int:
+    """The bytes (or characters) rendering the record will go through."""
+    return len(call.request) + len(call.reply) + (call.stream.kept_chars if call.stream is not None else 0)
 
 
 def _cut(value: str | None, limit: int) -> str | None:

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from ferryman._loop import abandoned
 from ferryman.catalogue import lookup
 from ferryman.exchange import Exchange, Reply
 from ferryman.pipeline.chain import Handler
@@ -345,7 +346,7 @@ class _StreamWatch:
                 yield chunk
             completed = True
         except BaseException as exc:
-            error = exc if not isinstance(exc, GeneratorExit) else None
+            error = exc if not isinstance(exc, GeneratorExit) and not abandoned(exc) else None
             raise
         finally:
             if not completed:  # stopped early: let the inner stages see their stream end first
