@@ -23,7 +23,7 @@ from ferryman.pipeline import build
 from ferryman.pipeline.chain import Pipeline
 from ferryman.store import open_store
 
-UPSTREAM_KEY = "sk-ferryman-upstream-test-key-0123456789"
+UPSTREAM_KEY = "sk-ferryman-upstream-test-key"
 
 
 def mock_deployment(mock: MockControl, name: str = "mock", **extra: Any) -> dict[str, Any]:

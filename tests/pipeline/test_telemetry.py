@@ -36,7 +36,7 @@ from ferryman.transport import FerrymanTransport
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 TAGS = "ferryman-tags"
-LEAKY_KEY = "sk-telemetry-test-key-abcdefghijklmnop"
+LEAKY_KEY = "sk-telemetry-test-key-abcdef"
 
 
 def sample(name: str, **labels: str) -> float:
