@@ -7,6 +7,7 @@ typed placeholders when bodies are kept ``redacted``.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -74,8 +75,18 @@ def _iban(match: re.Match[str]) -> str:
     return "[IBAN]" if 15 <= len(raw) <= 34 and int(number) % 97 == 1 else match.group(0)
 
 
+_MAYBE_PERSONAL = re.compile(r"[0-9@]")  # every pattern below needs a digit or an @
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_field(name: str) -> bool:
+    return _SECRET_FIELDS.match(name) is not None
+
+
 def personal(text: str) -> str:
     """Replace e-mails, card numbers (Luhn), IBANs (mod 97) and phone numbers."""
+    if not _MAYBE_PERSONAL.search(text):
+        return text
     text = _EMAIL.sub("[EMAIL]", text)
     text = _IBAN.sub(_iban, text)
     text = _CARD.sub(_card, text)
@@ -103,7 +114,7 @@ def json_value(value: Any, pii: bool = True) -> Any:
         return [json_value(v, pii) for v in value]
     if isinstance(value, dict):
         return {
-            k: (SECRET if isinstance(k, str) and _SECRET_FIELDS.match(k) else json_value(v, pii))
+            k: (SECRET if isinstance(k, str) and _is_secret_field(k) else json_value(v, pii))
             for k, v in value.items()
         }
     return value
