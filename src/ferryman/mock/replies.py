@@ -158,3 +158,19 @@ def pieces(text: str, model: str) -> list[str]:
     if pending:
         pieces.append(pending.decode("utf-8", errors="replace"))
     return pieces
+
+
+def is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def text_or_token_items(value: Any) -> list[Any]:
+    """A prompt or input as a list of items: a string, a token array, or a list of either.
+
+    A flat list of ints is one token array; anything else that is not a list gives no items.
+    """
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(is_token_id(v) for v in value):
+        return [value]
+    return list(value) if isinstance(value, list) else []

@@ -20,7 +20,7 @@ from ferryman.catalogue import lookup
 from ferryman.errors import OpenAIError, invalid_request
 from ferryman.mock import generate, replies
 from ferryman.mock.call import Call, Endpoint, json_response
-from ferryman.mock.replies import Ask
+from ferryman.mock.replies import Ask, is_token_id, text_or_token_items
 from ferryman.mock.sse import EventStream
 from ferryman.mock.state import new_id
 from ferryman.tokens import encoding_for_model
@@ -45,10 +45,6 @@ class Choice:
     rng: random.Random
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_model(model: str) -> None:
     info = lookup(model)
     mode = info.mode if info else "chat"
@@ -69,12 +65,7 @@ def prompts_of(model: str, value: Any) -> list[Prompt]:
     encoding = encoding_for_model(model)
     if value is None:
         value = _DEFAULT_PROMPT
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif isinstance(value, list) and value and all(_is_int(v) for v in value):
-        items = [value]
-    else:
-        items = list(value) if isinstance(value, list) else []
+    items = text_or_token_items(value)
     if not items:
         raise invalid_request("Invalid value for 'prompt': it must not be an empty array.", "prompt", "invalid_value")
     out = []
@@ -82,7 +73,7 @@ def prompts_of(model: str, value: Any) -> list[Prompt]:
         if isinstance(item, str):
             out.append(Prompt(item, encoding.encode(item, allowed_special={_DEFAULT_PROMPT}, disallowed_special=())))
             continue
-        if not isinstance(item, list) or not all(_is_int(t) for t in item):
+        if not isinstance(item, list) or not all(is_token_id(t) for t in item):
             raise invalid_request(
                 "Invalid value for 'prompt': expected a string, an array of strings, an array of token ids "
                 "or an array of token-id arrays.",
@@ -238,7 +229,7 @@ async def create(call: Call) -> Any:
     kept = [c for i, c in enumerate(generated) if i % best_of < n]
     echo = body.get("echo") is True
     top = body.get("logprobs")
-    top = top if _is_int(top) else None
+    top = top if is_token_id(top) else None
     completion_id = new_id("cmpl-", 29)
     created = int(time.time())
     if body.get("stream") is True:

@@ -26,6 +26,7 @@ from ferryman import pricing
 from ferryman.catalogue import lookup
 from ferryman.errors import OpenAIError, invalid_request
 from ferryman.mock.call import Call, Endpoint, json_response
+from ferryman.mock.replies import is_token_id, text_or_token_items
 from ferryman.tokens import encoding_for_model
 
 #: Default (and largest) vector sizes.
@@ -71,19 +72,10 @@ def seed_for(model: str, token_ids: list[int]) -> bytes:
     return b"ferryman-embedding\x00" + family + b"\x00" + array.array("I", token_ids).tobytes()
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def token_inputs(model: str, value: Any) -> list[list[int]]:
     """Every input as token ids: a string, a token array, or a list of either (spec-checked)."""
     encoding = encoding_for_model(model)
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif isinstance(value, list) and value and all(_is_int(v) for v in value):
-        items = [value]
-    else:
-        items = list(value) if isinstance(value, list) else []
+    items = text_or_token_items(value)
     if not items:
         raise invalid_request(_INVALID_INPUT)
     out: list[list[int]] = []
@@ -93,7 +85,7 @@ def token_inputs(model: str, value: Any) -> list[list[int]]:
             if not item:
                 raise invalid_request(_INVALID_INPUT)
             out.append(encoding.encode(item, disallowed_special=()))
-        elif isinstance(item, list) and item and all(_is_int(t) for t in item):
+        elif isinstance(item, list) and item and all(is_token_id(t) for t in item):
             bad = next((t for t in item if not 0 <= t < top), None)
             if bad is not None:
                 raise invalid_request(
@@ -113,7 +105,7 @@ def _dimensions(model: str, requested: Any) -> int:
         return full
     if not model.startswith("text-embedding-3"):
         raise invalid_request("This model does not support specifying dimensions.")
-    if not _is_int(requested) or not 1 <= requested <= full:
+    if not is_token_id(requested) or not 1 <= requested <= full:
         raise invalid_request(
             f"Invalid value for 'dimensions' = {requested}. Must be between 1 and {full} for {model}.",
             "dimensions",
