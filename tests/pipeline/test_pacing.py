@@ -587,3 +587,18 @@ def _worker(base_url: str, redis_url: str, prefix: str, calls: str, db: str) -> 
 
 if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "worker":
     _worker(*sys.argv[2:])
+
+
+async def test_a_raise_counts_no_refill_the_upstream_may_already_have_counted():
+    """The upstream read its remaining count at some moment between send and reply: after a slow
+    reply (age 30 s here, half a minute of refill), raising to remaining + refill would admit calls
+    the upstream has no room for. A raise takes the remaining count as it is."""
+    buckets = MemoryBuckets()
+    seed = Seed(requests=60)
+    for _ in range(50):
+        await buckets.take(KEY, ONE, seed)
+    await buckets.observe(KEY, Seen(limit_requests=60, remaining_requests=40), Cost(0, 0), Cost(0, 0), 30.0, seed)
+    admitted = 0
+    while await buckets.take(KEY, ONE, seed) == 0:
+        admitted += 1
+    assert admitted == 38  # 40 less the reserve, not 60 less it

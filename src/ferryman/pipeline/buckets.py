@@ -13,11 +13,12 @@ same rules in both stores:
 - ``observe(seen, later, in_flight, age_s)``: a reply's ``x-ratelimit-*`` headers correct the
   lane. The capacity becomes the advertised limit (or the seed, when one was configured and is
   lower: a seed is a ceiling you choose). The upstream's remaining count (its fraction read
-  from the reset time when the two agree), plus the refill since the call was sent, less the
-  calls still in flight, is the upstream's view of the level: counting only the calls sent
-  after this one (``later``) it lowers ours when it is more than ``SLACK`` below it; counting
-  every call in flight (``in_flight``) it raises ours, in a store that is the only writer
-  (memory) and tracks the upstream's own limit;
+  from the reset time when the two agree), less the calls still in flight, is the upstream's
+  view of the level. Plus the refill since the call was sent, and counting only the calls sent
+  after this one (``later``), it lowers ours when it is more than ``SLACK`` below it; with no
+  refill (the upstream may have read its level just before replying) and counting every call
+  in flight (``in_flight``), it raises ours, in a store that is the only writer (memory) and
+  tracks the upstream's own limit;
 - ``pause(seconds)``: a 429 ``rate_limit_exceeded`` stops the lane for the advised time;
 - ``adjust(tokens)``: settle an estimate against real usage (a refund is positive).
 
@@ -166,9 +167,10 @@ class _Bucket:
         if remaining is None:
             low = high = None
         else:
-            refilled = remaining + age_s * capacity / 60.0
-            high = min(capacity, refilled - later)  # assumes it counted every earlier call
-            low = min(capacity, refilled - in_flight)  # assumes it counted none in flight
+            # The upstream read its level somewhere between sending and replying: the refill since
+            # is at most ``age_s`` worth (used to lower ours) and at least none (used to raise it).
+            high = min(capacity, remaining + age_s * capacity / 60.0 - later)  # it counted every earlier call
+            low = min(capacity, remaining - in_flight)  # it counted none in flight
         if self.capacity is None:
             self.capacity = capacity
             self.level = capacity if low is None else low

@@ -11,7 +11,8 @@ and ``exchange.output_cap``.
   burst meets no 429. A lane whose upstream sends no such headers, unseeded, is not paced.
 - **Corrected live.** Every reply's headers correct the lane (capacity = the advertised limit,
   or a lower seed; level = the upstream's remaining count, less the calls this process sent
-  after that one and still has in flight). Replies older than the newest seen are ignored.
+  after that one and still has in flight; raised only by a count that leaves out every call the
+  upstream may not have seen yet). Replies older than the newest seen are ignored.
 - **Paused by 429s.** A 429 ``rate_limit_exceeded`` stops the lane for its ``retry-after-ms`` /
   ``retry-after``.
 - **Settled.** When the upstream sends no headers but a TPM seed is set, the worst-case estimate
@@ -89,7 +90,8 @@ class _Lane:
         self.lock = asyncio.Lock()
         self.changed = asyncio.Event()
         self.seq = 0
-        self.in_flight: dict[int, Cost] = {}
+        self.in_flight: dict[int, tuple[Cost, Cost]] = {}  # seq → (its cost, ``done`` when it was sent)
+        self.done = Cost(0.0, 0.0)  # every call that has come back, summed
         self.last_seen = 0
         self.probing = False
         self.open = False  # unseeded, and the upstream sends no limits: nothing to pace by
@@ -98,16 +100,28 @@ class _Lane:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def pending(self, seq: int) -> tuple[Cost, Cost]:
-        """Calls in flight sent after ``seq`` (the upstream cannot have counted them yet), and all."""
-        later, every = [0.0, 0.0], [0.0, 0.0]
-        for s, cost in self.in_flight.items():
-            every[0] += cost.requests
-            every[1] += cost.tokens
+    def send(self, cost: Cost) -> int:
+        self.seq += 1
+        self.in_flight[self.seq] = (cost, self.done)
+        return self.seq
+
+    def back(self, seq: int) -> tuple[Cost, Cost]:
+        """Call ``seq`` came back. Returns the calls the upstream's count in its reply cannot have
+        included, and the calls it may not have: those in flight sent after it; and every call
+        still in flight plus every call that came back while it was out (connections reorder
+        calls, so one sent earlier may have reached the upstream later)."""
+        cost, done_at_send = self.in_flight.pop(seq)
+        self.done = Cost(self.done.requests + cost.requests, self.done.tokens + cost.tokens)
+        later, maybe = [0.0, 0.0], [0.0, 0.0]
+        for s, (other, _) in self.in_flight.items():
+            maybe[0] += other.requests
+            maybe[1] += other.tokens
             if s > seq:
-                later[0] += cost.requests
-                later[1] += cost.tokens
-        return Cost(*later), Cost(*every)
+                later[0] += other.requests
+                later[1] += other.tokens
+        maybe[0] += self.done.requests - cost.requests - done_at_send.requests
+        maybe[1] += self.done.tokens - cost.tokens - done_at_send.tokens
+        return Cost(*later), Cost(*maybe)
 
     async def sleep(self, seconds: float) -> None:
         """Up to ``seconds``, or until the lane changes."""
@@ -165,18 +179,16 @@ class Pacing:
             exchange.notes["pacing_wait_ms"] = exchange.notes.get("pacing_wait_ms", 0.0) + waited_ms
         if refusal is not None:
             return refusal
-        lane.seq += 1
-        seq = lane.seq
-        lane.in_flight[seq] = cost
+        seq = lane.send(cost)
         try:
             reply = await call_next(exchange)
         except BaseException:
-            lane.in_flight.pop(seq, None)
+            lane.back(seq)
             self._end_probe(lane, probe)
             raise
-        lane.in_flight.pop(seq, None)
+        pending = lane.back(seq)
         try:
-            await self._learn(exchange, lane, key, seed, seq, loop.time() - sent_at, reply, cost, probe)
+            await self._learn(exchange, lane, key, seed, seq, pending, loop.time() - sent_at, reply, cost, probe)
         except Exception:  # never lose a reply over bookkeeping
             log.warning("pacing could not learn from a reply of %s", key, exc_info=True)
         finally:
@@ -230,6 +242,7 @@ class Pacing:
         key: str,
         seed: Seed,
         seq: int,
+        pending: tuple[Cost, Cost],
         age_s: float,
         reply: Reply,
         cost: Cost,
@@ -239,7 +252,7 @@ class Pacing:
         if seen is not None:
             if seq > lane.last_seen:
                 lane.last_seen = seq
-                await self.buckets.observe(key, seen, *lane.pending(seq), age_s, seed)
+                await self.buckets.observe(key, seen, *pending, age_s, seed)
                 lane.poke()
         elif probe and reply.status != 429:
             lane.open = True
