@@ -96,6 +96,20 @@ class StoreSettings(BaseModel):
     shared: bool = False  # several processes share limits and budgets: needs PostgreSQL + Redis
 
 
+class GatewaySettings(BaseModel):
+    """``ferryman serve``: the OpenAI-compatible gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    admin_key: str = "env:FERRYMAN_ADMIN_KEY"  # secret reference; unset: no admin API, no dashboard
+    max_body_mb: float = Field(32.0, gt=0)  # JSON request bodies
+    max_upload_mb: float = Field(512.0, gt=0)  # multipart uploads (files), as OpenAI allows
+    drain_s: float = Field(30.0, ge=0)  # on shutdown, open streams get this long to finish
+    key_cache_s: float = Field(0.5, ge=0)  # a revoked key stops on every instance within this
+    access_log: bool = True  # one JSON line per request on stderr (no secrets, no query values)
+    workers: int = Field(1, ge=1)
+
+
 def default_data_dir() -> Path:
     from platformdirs import user_data_dir
 
@@ -119,6 +133,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     pricing_file: Path | None = None  # overrides for data/prices.json (same format)
 
     @classmethod

@@ -43,6 +43,25 @@ HOP_BY_HOP = frozenset(
 
 
 @dataclass(frozen=True)
+class Cap:
+    """A budget that travels with the caller (a virtual key's or its team's): the budget stage
+    holds it like a configured rule on the counter ``scope`` (``key:ID``, ``team:NAME``)."""
+
+    scope: str
+    period: str  # day | month
+    usd: Decimal
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Requests and tokens per minute allowed to a caller (a virtual key, or its whole team)."""
+
+    scope: str  # key:ID | team:NAME
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling: a virtual key (gateway), or the process itself (in-SDK)."""
 
@@ -50,6 +69,8 @@ class Principal:
     team: str | None = None
     user: str | None = None
     scopes: frozenset[str] = frozenset()
+    caps: tuple[Cap, ...] = ()
+    rates: tuple[Rate, ...] = ()
 
 
 def parse_tags(raw: str | None) -> dict[str, str]:

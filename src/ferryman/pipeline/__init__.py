@@ -4,6 +4,7 @@ The order, outermost first (a stage sees everything inside it as one call)::
 
     telemetry   span, metrics, JSON log line
     audit       one hash-chained record per call, bodies redacted
+    (gateway)   ownership of stored objects, then the caller's own RPM/TPM (limits)
     budget      reserve the worst case before, settle the real cost after
     cache       exact-match replies, streams replayed
     account     usage → cost; ask streams for usage and hide the extra chunk
@@ -15,6 +16,7 @@ The order, outermost first (a stage sees everything inside it as one call)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx2
@@ -25,6 +27,7 @@ from ferryman.pipeline.audit import Audit
 from ferryman.pipeline.budget import Budget
 from ferryman.pipeline.cache import Cache
 from ferryman.pipeline.chain import Handler, Pipeline, Stage
+from ferryman.pipeline.limits import CallerLimits
 from ferryman.pipeline.pacing import Pacing
 from ferryman.pipeline.retry import Retry
 from ferryman.pipeline.route import Route
@@ -32,7 +35,7 @@ from ferryman.pipeline.telemetry import Telemetry
 from ferryman.store import Store, open_store
 from ferryman.upstream import Upstream
 
-ORDER = (Telemetry, Audit, Budget, Cache, Account, Route, Retry, Pacing)
+ORDER = (Telemetry, Audit, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
 
 
 def build(
@@ -40,14 +43,27 @@ def build(
     *,
     store: Store | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    principals: bool = False,
+    after_audit: Sequence[Stage] = (),
     **overrides: Any,
 ) -> Pipeline:
-    """The pipeline for ``settings`` (default: ferryman.toml and FERRYMAN_* variables)."""
+    """The pipeline for ``settings`` (default: ferryman.toml and FERRYMAN_* variables).
+
+    ``principals``: callers bring their own limits and budgets (the gateway's virtual keys), so
+    the caller-limits and budget stages are on even with no rules in settings. ``after_audit``:
+    stages of the caller (the gateway's ownership checks) placed right inside the audit stage,
+    so what they refuse is recorded too."""
     settings = settings or load(**overrides)
     store = store or open_store(settings)
     upstream = Upstream.from_settings(settings, transport)
-    parts: dict[str, Any] = {"store": store, "upstream": upstream}
-    stages = [stage for kind in ORDER if (stage := kind.from_settings(settings, **parts)) is not None]
+    parts: dict[str, Any] = {"store": store, "upstream": upstream, "principals": principals}
+    stages: list[Stage] = []
+    for kind in ORDER:
+        stage = kind.from_settings(settings, **parts)
+        if stage is not None:
+            stages.append(stage)
+        if kind is Audit:
+            stages.extend(after_audit)
     pipeline = Pipeline(stages, upstream)
     pipeline.settings = settings  # type: ignore[attr-defined]
     pipeline.store = store  # type: ignore[attr-defined]

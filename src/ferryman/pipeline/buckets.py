@@ -22,6 +22,9 @@ same rules in both stores:
 - ``pause(seconds)``: a 429 ``rate_limit_exceeded`` stops the lane for the advised time;
 - ``adjust(tokens)``: settle an estimate against real usage (a refund is positive).
 
+``exact=True`` drops the reserve: for limits Ferryman itself sets (a virtual key's RPM and TPM),
+where the buckets are the limit rather than a mirror of an upstream's.
+
 The reserve covers what the correction lets through (a level up to ``SLACK`` above the
 upstream's, and a few milliseconds of refill): a constant offset in a continuous bucket costs
 the burst a little and the sustained rate nothing.
@@ -145,10 +148,10 @@ class _Bucket:
         if self.capacity is not None:
             self.level = min(self.capacity, self.level + seconds * self.capacity / 60.0)
 
-    def wait_for(self, amount: float) -> float:
+    def wait_for(self, amount: float, exact: bool = False) -> float:
         if self.capacity is None:
             return 0.0
-        need = min(self.capacity, amount + reserve(self.capacity))
+        need = amount if exact else min(self.capacity, amount + reserve(self.capacity))
         return 0.0 if self.level >= need else (need - self.level) * 60.0 / self.capacity
 
     def observe(
@@ -198,8 +201,9 @@ class MemoryBuckets:
 
     exclusive = True
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, exact: bool = False) -> None:
         self.clock = clock
+        self.exact = exact  # no reserve: the buckets are the limit itself, not an upstream's mirror
         self.lanes: dict[str, _Lane] = {}
 
     def _lane(self, key: str, seed: Seed) -> tuple[_Lane, float]:
@@ -225,7 +229,9 @@ class MemoryBuckets:
         for bucket, amount in ((lane.requests, cost.requests), (lane.tokens, cost.tokens)):
             if bucket.capacity is not None and amount > bucket.capacity:
                 return math.inf
-        wait = max(paused, lane.requests.wait_for(cost.requests), lane.tokens.wait_for(cost.tokens))
+        wait = max(
+            paused, lane.requests.wait_for(cost.requests, self.exact), lane.tokens.wait_for(cost.tokens, self.exact)
+        )
         if wait <= 0:
             lane.requests.level -= cost.requests if lane.requests.capacity is not None else 0.0
             lane.tokens.level -= cost.tokens if lane.tokens.capacity is not None else 0.0
@@ -345,9 +351,10 @@ class RedisBuckets:
 
     exclusive = False
 
-    def __init__(self, redis: Any, prefix: str = "ferryman:pacing:") -> None:
+    def __init__(self, redis: Any, prefix: str = "ferryman:pacing:", exact: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.exact = exact
         self._script = redis.register_script(LUA)
 
     async def _run(self, key: str, op: str, seed: Seed, *args: float) -> str:
@@ -356,7 +363,8 @@ class RedisBuckets:
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def take(self, key: str, cost: Cost, seed: Seed) -> float | None:
-        result = await self._run(key, "take", seed, cost.requests, cost.tokens, SLACK, RESERVE_FRACTION)
+        slack, fraction = (0.0, 0.0) if self.exact else (SLACK, RESERVE_FRACTION)
+        result = await self._run(key, "take", seed, cost.requests, cost.tokens, slack, fraction)
         if result == "none":
             return None
         return math.inf if result == "inf" else float(result)

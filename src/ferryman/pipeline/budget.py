@@ -7,6 +7,9 @@ Rules come from ``settings.budgets`` (``BudgetRule(scope, period, usd)``). Scope
 - ``tag:NAME``: each value of the ``ferryman-tags`` tag NAME separately; ``tag:NAME=VALUE``:
   that value only (the same counter as ``tag:NAME`` for that value).
 
+A caller may bring its own caps (``Principal.caps``: the gateway's virtual keys and teams, on
+counters ``key:ID`` and ``team:NAME``); they are held exactly like rules.
+
 Windows are UTC: ``2026-11-25`` for ``day``, ``2026-11`` for ``month``.
 
 Before an inference call (chat, responses, completions, embeddings) the stage reserves its
@@ -114,7 +117,7 @@ class Budget:
 
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Budget | None:
-        if not settings.budgets or parts.get("store") is None:
+        if not (settings.budgets or parts.get("principals")) or parts.get("store") is None:
             return None
         return cls(
             list(settings.budgets),
@@ -137,6 +140,11 @@ class Budget:
             held = found.get((scope, window))
             if held is None or cap < held.cap:  # two rules on one counter: the lower cap holds
                 found[(scope, window)] = Counter(scope, window, rule.period, cap, expires)
+        for own in exchange.principal.caps:  # a virtual key's and its team's own budgets
+            window, expires = window_of(own.period, now)
+            held = found.get((own.scope, window))
+            if held is None or own.usd < held.cap:
+                found[(own.scope, window)] = Counter(own.scope, window, own.period, Decimal(own.usd), expires)
         return list(found.values())
 
     def worst_case(self, exchange: Exchange) -> Decimal:

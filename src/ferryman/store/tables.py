@@ -90,3 +90,47 @@ cache_entries = Table(
     Column("model", String(128)),
 )
 Index("cache_expires", cache_entries.c.expires)
+
+# Virtual keys of the gateway: the secret itself is never stored, only its SHA-256.
+virtual_keys = Table(
+    "virtual_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # key_…: safe to log, the principal's id
+    Column("name", String(128), nullable=False),
+    Column("team", String(128)),
+    Column("hash", String(64), nullable=False, unique=True),  # sha256 hex of the fm-… secret
+    Column("hint", String(16), nullable=False),  # fm-…last four, to tell keys apart in lists
+    Column("created", Float, nullable=False),
+    Column("expires", Float),  # unix seconds; None: never
+    Column("revoked", Float),  # unix seconds; None: live
+    Column("rotated", Float),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("budget_usd", USD),
+    Column("budget_period", String(8)),  # day | month
+    Column("models", JSON),  # allowed models (globs); None: all
+    Column("metadata", JSON, nullable=False),
+)
+
+# Teams: limits and budgets shared by every key of the team.
+teams = Table(
+    "teams",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("budget_usd", USD),
+    Column("budget_period", String(8)),
+)
+
+# Which key created which stored object (file, batch, fine-tuning job, response): a key sees its own.
+owned_objects = Table(
+    "owned_objects",
+    metadata,
+    Column("id", String(128), primary_key=True),  # file-…, batch_…, ftjob-…, resp_…
+    Column("kind", String(16), nullable=False),
+    Column("owner", String(32), nullable=False),  # virtual_keys.id
+    Column("created", Float, nullable=False),
+)
+Index("owned_objects_owner", owned_objects.c.owner, owned_objects.c.kind)

@@ -1,0 +1,170 @@
+"""The gateway as one ASGI app: ``/v1/…`` (the proxy), ``/admin/…``, ``/ui``, ``/metrics``,
+``/healthz`` and ``/readyz``.
+
+``/v1/…`` goes straight to :class:`~ferryman.gateway.proxy.Proxy` (a raw ASGI handler: the hot
+path pays for no routing or request objects); everything else is a small Starlette app. The
+pipeline is the in-SDK one (:func:`ferryman.pipeline.build`) with callers' own limits and budgets
+on, and the ownership stage inside the audit stage.
+
+Shutdown drains: ``/readyz`` turns 503 at once (so a load balancer stops sending), and open
+streams get ``gateway.drain_s`` to finish before the upstream connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ferryman.config import Settings
+from ferryman.gateway.access_log import AccessLog
+from ferryman.gateway.admin import AdminAPI
+from ferryman.gateway.auth import Authenticator
+from ferryman.gateway.keys import KeyCache, KeyStore
+from ferryman.gateway.ownership import Ownership
+from ferryman.gateway.proxy import Proxy, Receive, Send
+from ferryman.pipeline import build
+from ferryman.pipeline.telemetry import REGISTRY
+from ferryman.secrets import resolve_optional
+from ferryman.store import Store, open_store
+
+log = logging.getLogger("ferryman.gateway")
+UI = Path(__file__).parent / "ui"
+
+GATEWAY_REGISTRY = CollectorRegistry(auto_describe=True)
+OPEN_STREAMS = Gauge(
+    "ferryman_gateway_open_streams", "Streams the gateway is forwarding now.", registry=GATEWAY_REGISTRY
+)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.keys = KeyStore(self.store)
+        self.key_cache = KeyCache(self.keys, settings.gateway.key_cache_s)
+        self.ownership = Ownership(self.store)
+        self.pipeline = build(
+            settings, store=self.store, transport=transport, principals=True, after_audit=[self.ownership]
+        )
+        g = settings.gateway
+        self.proxy = Proxy(
+            self.pipeline,
+            Authenticator(self.key_cache),
+            AccessLog(g.access_log),
+            max_body=int(g.max_body_mb * 1024 * 1024),
+            max_upload=int(g.max_upload_mb * 1024 * 1024),
+        )
+        OPEN_STREAMS.set_function(lambda: self.proxy.open_streams)
+        self.draining = False
+        self.admin = AdminAPI(self)
+        self.router = Starlette(
+            routes=[
+                Route("/healthz", self.healthz),
+                Route("/readyz", self.readyz),
+                Route("/metrics", self.metrics),
+                Route("/ui", self.ui),
+                Route("/ui/{file:path}", self.ui_file),
+                Route("/", lambda _: RedirectResponse("/ui")),
+                *self.admin.routes(),
+            ],
+        )
+
+    def admin_secret(self) -> str | None:
+        secret = resolve_optional(self.settings.gateway.admin_key)
+        return secret.reveal() if secret is not None else None
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" and scope["path"].startswith("/v1/"):
+            await self.proxy(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def shutdown(self) -> None:
+        """Stop being ready, let open streams finish (up to ``drain_s``), close the upstreams."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.proxy.streams_idle.wait(), self.settings.gateway.drain_s)
+        except TimeoutError:
+            log.warning(
+                "gateway: %d streams still open after %gs; closing",
+                self.proxy.open_streams,
+                self.settings.gateway.drain_s,
+            )
+        close = getattr(self.pipeline.terminal, "aclose", None)
+        if close is not None:
+            await close()
+
+    # -- operations -----------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if self.draining:
+            return JSONResponse({"status": "draining"}, 503)
+        checks: dict[str, str] = {}
+
+        def ping_db() -> None:
+            with self.store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(self.store.run(ping_db), 2.0)
+            checks["database"] = "ok"
+        except Exception as error:
+            checks["database"] = f"failing: {type(error).__name__}"
+        redis = self.store.redis()
+        if redis is not None:
+            try:
+                await asyncio.wait_for(redis.ping(), 2.0)
+                checks["redis"] = "ok"
+            except Exception as error:
+                checks["redis"] = f"failing: {type(error).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        body = generate_latest(REGISTRY) + generate_latest(GATEWAY_REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def ui(self, request: Request) -> Response:
+        index = UI / "index.html"
+        if not index.exists():
+            return PlainTextResponse("The dashboard is not installed.", 404)
+        return FileResponse(index, headers={"cache-control": "no-store"})
+
+    async def ui_file(self, request: Request) -> Response:
+        name = request.path_params["file"]
+        path = (UI / name).resolve()
+        if not path.is_file() or UI.resolve() not in path.parents:
+            return PlainTextResponse("Not found", 404)
+        return FileResponse(path)

@@ -1,0 +1,277 @@
+"""``ferryman serve`` and ``ferryman keys …`` / ``ferryman teams …``.
+
+The key commands work on the gateway's store directly (the same settings, so the same database
+as the server); a running gateway sees a change within ``gateway.key_cache_s``. Exit codes:
+0 done, 1 not found, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ferryman.config import Settings, load
+
+keys_app = typer.Typer(help="Create, list, rotate and revoke the gateway's virtual keys.", no_args_is_help=True)
+teams_app = typer.Typer(help="Limits and budgets shared by every key of a team.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="Database URL (default: settings, else SQLite in the data directory).")
+]
+RedisOption = Annotated[str | None, typer.Option("--redis", help="Redis URL, to share limits between instances.")]
+
+
+def _settings(store: str | None = None, redis: str | None = None) -> Settings:
+    try:
+        settings = load()
+    except Exception as error:
+        err.print(f"[red]error:[/red] settings: {error}")
+        raise typer.Exit(2) from None
+    if store:
+        settings.store.url = store
+    if redis:
+        settings.store.redis_url = redis
+    return settings
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coroutine)
+
+
+def _keystore(store_url: str | None) -> Any:
+    from ferryman.gateway.keys import KeyStore
+    from ferryman.store import open_store
+
+    return KeyStore(open_store(_settings(store_url)))
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + "Z" if ts else "-"
+
+
+def _bad(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8080).", min=0, max=65535)] = None,
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    workers: Annotated[int | None, typer.Option(help="Processes to run (each shares the store).", min=1)] = None,
+) -> None:
+    """Run the OpenAI-compatible gateway: virtual keys, budgets, limits, audit, metrics, dashboard.
+
+    Upstreams come from settings (ferryman.toml / FERRYMAN_*); with none, OPENAI_BASE_URL and
+    OPENAI_API_KEY as in the SDK. The admin API and the dashboard (/ui) need FERRYMAN_ADMIN_KEY.
+    Several instances share one state with --store postgresql://… --redis redis://….
+    """
+    from ferryman.gateway.app import Gateway
+    from ferryman.gateway.server import serve as run_server
+    from ferryman.logs import configure_json_logging
+
+    settings = _settings(store, redis)
+    if store and store.startswith("postgresql") and redis:
+        settings.store.shared = True
+    g = settings.gateway
+    host = host or g.host
+    port = port if port is not None else g.port
+    workers = workers or g.workers
+    configure_json_logging("INFO")
+    try:
+        gateway = Gateway(settings)
+    except Exception as error:
+        raise _bad(str(error)) from None
+    upstreams = ", ".join(f"{d.name} ({d.base_url})" for d in settings.deployments)
+    err.print(f"ferryman gateway on [bold]http://{host}:{port}/v1[/bold]  upstreams: {upstreams}")
+    if gateway.admin_secret() is None:
+        err.print("[yellow]note:[/yellow] FERRYMAN_ADMIN_KEY is not set: the admin API and /ui are off")
+    if workers > 1:  # each worker process builds its own gateway from the same settings
+        import os
+
+        import uvicorn
+
+        for name, value in (("STORE__URL", store), ("STORE__REDIS_URL", redis)):
+            if value:
+                os.environ["FERRYMAN_" + name] = value
+        if settings.store.shared:
+            os.environ["FERRYMAN_STORE__SHARED"] = "true"
+        gateway.store.close()
+        uvicorn.run(
+            "ferryman.gateway.server:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(g.drain_s),
+        )
+        return
+    run_server(gateway, host, port)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Option(help="A name for the key (team-a, ci, alice).")],
+    team: Annotated[str | None, typer.Option(help="The team it belongs to (team limits and budget apply too).")] = None,
+    budget: Annotated[str | None, typer.Option(help="USD per period: 50/month, 5/day.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.", min=1)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute (prompt + max output).", min=1)] = None,
+    models: Annotated[str | None, typer.Option(help="Allowed models, comma-separated (globs allowed).")] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime: 30d, 12h, 2w.")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Create a key and print it once (it is stored only as a hash)."""
+    from ferryman.gateway.keys import parse_budget, parse_duration
+
+    try:
+        parsed_budget = parse_budget(budget) if budget else None
+        expires_in = parse_duration(expires) if expires else None
+    except ValueError as error:
+        raise _bad(str(error)) from None
+    keys = _keystore(store)
+    try:
+        secret, record = _run(
+            keys.create(
+                name,
+                team=team,
+                rpm=rpm,
+                tpm=tpm,
+                budget=parsed_budget,
+                models=models.split(",") if models else None,
+                expires_in_s=expires_in,
+            )
+        )
+    except ValueError as error:
+        raise _bad(str(error)) from None
+    err.print(f"created [bold]{record.id}[/bold] ({record.name}); the key is shown only this once:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def list_keys(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """List keys with their limits, state and spend (never the keys themselves)."""
+    keys = _keystore(store)
+    records = _run(keys.all(include_revoked=all_keys))
+    usage = _run(keys.usage())
+    table = Table("id", "name", "team", "key", "state", "budget", "rpm", "tpm", "models", "calls", "spent $", "expires")
+    now = time.time()
+    for r in records:
+        u = usage.get(r.id) or {}
+        table.add_row(
+            r.id,
+            r.name,
+            r.team or "-",
+            r.hint,
+            r.state(now),
+            f"{r.budget_usd}/{r.budget_period}" if r.budget_usd is not None else "-",
+            str(r.rpm or "-"),
+            str(r.tpm or "-"),
+            ",".join(r.models) if r.models else "all",
+            str(u.get("calls", 0)),
+            str(u.get("cost_usd", "0")),
+            _when(r.expires),
+        )
+    out.print(table)
+
+
+@keys_app.command("show")
+def show(
+    key: Annotated[str, typer.Argument(help="Key id (key_…) or name.")],
+    store: StoreOption = None,
+) -> None:
+    """One key's settings and usage."""
+    from ferryman.gateway.keys import KeyError_
+
+    keys = _keystore(store)
+    try:
+        record = _run(keys.find(key))
+    except KeyError_:
+        err.print(f"[red]error:[/red] no key {key!r}")
+        raise typer.Exit(1) from None
+    usage = _run(keys.usage()).get(record.id) or {}
+    for field, value in {**record.public(), **{f"usage.{k}": v for k, v in usage.items()}}.items():
+        out.print(f"[bold]{field}[/bold]: {value}")
+
+
+@keys_app.command("rotate")
+def rotate(key: Annotated[str, typer.Argument(help="Key id (key_…) or name.")], store: StoreOption = None) -> None:
+    """Give a key a new secret (limits, budget, usage and objects stay); the old one stops working."""
+    from ferryman.gateway.keys import KeyError_
+
+    keys = _keystore(store)
+    try:
+        record = _run(keys.find(key))
+        secret, record = _run(keys.rotate(record.id))
+    except KeyError_:
+        err.print(f"[red]error:[/red] no key {key!r}")
+        raise typer.Exit(1) from None
+    err.print(f"rotated [bold]{record.id}[/bold]; the new key is shown only this once:")
+    typer.echo(secret)
+
+
+@keys_app.command("revoke")
+def revoke(key: Annotated[str, typer.Argument(help="Key id (key_…) or name.")], store: StoreOption = None) -> None:
+    """Revoke a key: every gateway instance refuses it within a second."""
+    from ferryman.gateway.keys import KeyError_
+
+    keys = _keystore(store)
+    try:
+        record = _run(keys.find(key))
+        record = _run(keys.revoke(record.id))
+    except KeyError_:
+        err.print(f"[red]error:[/red] no key {key!r}")
+        raise typer.Exit(1) from None
+    err.print(f"revoked [bold]{record.id}[/bold] ({record.name})")
+
+
+# -- teams ------------------------------------------------------------------------------------
+
+
+@teams_app.command("set")
+def set_team(
+    name: Annotated[str, typer.Argument(help="Team name.")],
+    budget: Annotated[str | None, typer.Option(help="USD per period for the whole team: 500/month.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute for the whole team.", min=1)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute for the whole team.", min=1)] = None,
+    store: StoreOption = None,
+) -> None:
+    """Create or change a team's shared limits and budget."""
+    from ferryman.gateway.keys import parse_budget
+
+    try:
+        parsed = parse_budget(budget) if budget else None
+    except ValueError as error:
+        raise _bad(str(error)) from None
+    team = _run(_keystore(store).set_team(name, rpm=rpm, tpm=tpm, budget=parsed))
+    err.print(
+        f"team [bold]{team.name}[/bold]: budget {team.budget_usd or '-'}, rpm {team.rpm or '-'}, tpm {team.tpm or '-'}"
+    )
+
+
+@teams_app.command("list")
+def list_teams(store: StoreOption = None) -> None:
+    """List teams and their limits."""
+    table = Table("team", "budget", "rpm", "tpm")
+    for t in _run(_keystore(store).teams()):
+        budget = f"{t.budget_usd}/{t.budget_period}" if t.budget_usd is not None else "-"
+        table.add_row(t.name, budget, str(t.rpm or "-"), str(t.tpm or "-"))
+    out.print(table)

@@ -1,0 +1,433 @@
+"""Virtual keys: ``fm-…`` secrets handed to callers, stored only as a SHA-256 hash.
+
+A key is 32 random bytes (``secrets.token_urlsafe``), so a plain SHA-256 is as good as a slow
+hash here: nothing about it can be guessed. A presented key is looked up by its hash and the
+stored hash compared with ``hmac.compare_digest``. Each key has an id (``key_…``, safe to log:
+it is the caller's principal everywhere), a name, an optional team, limits (RPM, TPM), a budget
+(USD per day or month), allowed models (globs), an expiry, and a revocation time.
+
+:class:`KeyStore` is the table's one reader and writer (the CLI and the admin API both use it);
+:class:`KeyCache` keeps lookups for ``ttl_s`` (default 0.5 s) so a revocation on any instance
+takes effect everywhere within that time while the hot path stays off the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from ferryman.store import Store
+from ferryman.store.tables import audit, teams, virtual_keys
+
+PREFIX = "fm-"
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def new_secret() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+
+def hint(secret: str) -> str:
+    return f"{PREFIX}…{secret[-4:]}"
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` → seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"unreadable duration {text!r}: use a number and one of s, m, h, d, w (e.g. 30d)")
+    return float(int(match.group(1)) * _UNIT_S[match.group(2)])
+
+
+def parse_budget(text: str) -> tuple[Decimal, str]:
+    """``50/month``, ``5/day``, ``$50/month`` → (USD, period)."""
+    amount, _, period = text.strip().lstrip("$").partition("/")
+    period = (period or "month").strip().lower()
+    if period not in ("day", "month"):
+        raise ValueError(f"budget period must be day or month, got {period!r} (e.g. 50/month)")
+    try:
+        usd = Decimal(amount.strip())
+    except ArithmeticError:
+        raise ValueError(f"unreadable budget {text!r}: use USD/period, e.g. 50/month") from None
+    if not usd.is_finite() or usd <= 0:
+        raise ValueError(f"a budget must be a positive amount of USD, got {text!r}")
+    return usd, period
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    name: str
+    hint: str
+    created: float
+    team: str | None = None
+    expires: float | None = None
+    revoked: float | None = None
+    rotated: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: Decimal | None = None
+    budget_period: str | None = None
+    models: tuple[str, ...] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def state(self, now: float) -> str:
+        if self.revoked is not None:
+            return "revoked"
+        if self.expires is not None and now >= self.expires:
+            return "expired"
+        return "active"
+
+    def public(self) -> dict[str, Any]:
+        """As the admin API shows it (never a secret: only the hint)."""
+        out = asdict(self)
+        out["models"] = list(self.models) if self.models is not None else None
+        out["budget_usd"] = str(self.budget_usd) if self.budget_usd is not None else None
+        out["state"] = self.state(time.time())
+        return out
+
+
+@dataclass(frozen=True)
+class TeamRecord:
+    name: str
+    created: float
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: Decimal | None = None
+    budget_period: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["budget_usd"] = str(self.budget_usd) if self.budget_usd is not None else None
+        return out
+
+
+def _key(row: Any, stored_hash: bool = False) -> KeyRecord:
+    m = row._mapping
+    return KeyRecord(
+        id=m["id"],
+        name=m["name"],
+        hint=m["hint"],
+        created=m["created"],
+        team=m["team"],
+        expires=m["expires"],
+        revoked=m["revoked"],
+        rotated=m["rotated"],
+        rpm=m["rpm"],
+        tpm=m["tpm"],
+        budget_usd=Decimal(m["budget_usd"]) if m["budget_usd"] is not None else None,
+        budget_period=m["budget_period"],
+        models=tuple(m["models"]) if m["models"] is not None else None,
+        metadata=dict(m["metadata"] or {}),
+    )
+
+
+def _team(row: Any) -> TeamRecord:
+    m = row._mapping
+    return TeamRecord(
+        name=m["name"],
+        created=m["created"],
+        rpm=m["rpm"],
+        tpm=m["tpm"],
+        budget_usd=Decimal(m["budget_usd"]) if m["budget_usd"] is not None else None,
+        budget_period=m["budget_period"],
+    )
+
+
+class KeyError_(LookupError):
+    """No such key (by id)."""
+
+
+class KeyStore:
+    """Create, find, rotate and revoke keys; teams; usage per key from the audit table."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        *,
+        team: str | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget: tuple[Decimal, str] | None = None,
+        models: list[str] | None = None,
+        expires_in_s: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: returns its secret (shown once, never stored) and its record."""
+        if not name.strip():
+            raise ValueError("a key needs a name")
+        for label, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{label} must be positive, got {value}")
+        secret = new_secret()
+        now = self.clock()
+        values = {
+            "id": "key_" + uuid.uuid4().hex[:20],
+            "name": name.strip()[:128],
+            "team": team.strip()[:128] if team and team.strip() else None,
+            "hash": digest(secret),
+            "hint": hint(secret),
+            "created": now,
+            "expires": now + expires_in_s if expires_in_s else None,
+            "revoked": None,
+            "rotated": None,
+            "rpm": rpm,
+            "tpm": tpm,
+            "budget_usd": budget[0] if budget else None,
+            "budget_period": budget[1] if budget else None,
+            "models": [m.strip() for m in models if m.strip()] if models else None,
+            "metadata": metadata or {},
+        }
+
+        def write(conn: Connection) -> None:
+            conn.execute(insert(virtual_keys).values(**values))
+            if values["team"] is not None:
+                exists = conn.execute(select(teams.c.name).where(teams.c.name == values["team"])).first()
+                if exists is None:
+                    conn.execute(insert(teams).values(name=values["team"], created=now))
+
+        await self._write(write)
+        record = await self.get(str(values["id"]))
+        return secret, record
+
+    async def rotate(self, key_id: str) -> tuple[str, KeyRecord]:
+        """A new secret for the same key (limits, budget, usage and objects stay); the old one
+        stops working at once."""
+        secret = new_secret()
+        now = self.clock()
+        changed = await self._update(key_id, hash=digest(secret), hint=hint(secret), rotated=now)
+        if not changed:
+            raise KeyError_(key_id)
+        return secret, await self.get(key_id)
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        if not await self._update(key_id, revoked=self.clock(), only_live=True):
+            record = await self.get(key_id)  # already revoked: the same answer, not an error
+            return record
+        return await self.get(key_id)
+
+    async def set_limits(self, key_id: str, **values: Any) -> KeyRecord:
+        allowed = {"rpm", "tpm", "budget_usd", "budget_period", "models", "expires", "team", "name"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"unknown key fields: {sorted(unknown)}")
+        if values and not await self._update(key_id, **values):
+            raise KeyError_(key_id)
+        return await self.get(key_id)
+
+    async def set_team(
+        self,
+        name: str,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget: tuple[Decimal, str] | None = None,
+    ) -> TeamRecord:
+        now = self.clock()
+        values = {
+            "rpm": rpm,
+            "tpm": tpm,
+            "budget_usd": budget[0] if budget else None,
+            "budget_period": budget[1] if budget else None,
+        }
+
+        def write(conn: Connection) -> None:
+            found = conn.execute(select(teams.c.name).where(teams.c.name == name)).first()
+            if found is None:
+                conn.execute(insert(teams).values(name=name, created=now, **values))
+            else:
+                conn.execute(update(teams).where(teams.c.name == name).values(**values))
+
+        await self._write(write)
+        team = await self.team(name)
+        assert team is not None
+        return team
+
+    async def delete_team(self, name: str) -> bool:
+        def write(conn: Connection) -> int:
+            return conn.execute(delete(teams).where(teams.c.name == name)).rowcount
+
+        return bool(await self._write(write))
+
+    async def _update(self, key_id: str, only_live: bool = False, **values: Any) -> bool:
+        def write(conn: Connection) -> int:
+            query = update(virtual_keys).where(virtual_keys.c.id == key_id)
+            if only_live:
+                query = query.where(virtual_keys.c.revoked.is_(None))
+            return conn.execute(query.values(**values)).rowcount
+
+        return bool(await self._write(write))
+
+    async def _write(self, fn: Callable[[Connection], Any]) -> Any:
+        def run() -> Any:
+            with self.store.engine.begin() as conn:
+                return fn(conn)
+
+        return await self.store.run(run)
+
+    async def _read(self, fn: Callable[[Connection], Any]) -> Any:
+        def run() -> Any:
+            with self.store.engine.connect() as conn:
+                return fn(conn)
+
+        return await self.store.run(run)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get(self, key_id: str) -> KeyRecord:
+        row = await self._read(lambda c: c.execute(select(virtual_keys).where(virtual_keys.c.id == key_id)).first())
+        if row is None:
+            raise KeyError_(key_id)
+        return _key(row)
+
+    async def find(self, key_id_or_name: str) -> KeyRecord:
+        """By id, or by name when exactly one live key has it (for the CLI)."""
+        try:
+            return await self.get(key_id_or_name)
+        except KeyError_:
+            pass
+
+        def read(c: Connection) -> list[Any]:
+            query = select(virtual_keys).where(virtual_keys.c.name == key_id_or_name)
+            return list(c.execute(query.order_by(virtual_keys.c.created.desc())).all())
+
+        rows = await self._read(read)
+        live = [r for r in rows if r._mapping["revoked"] is None] or rows
+        if len(live) != 1:
+            raise KeyError_(key_id_or_name)
+        return _key(live[0])
+
+    async def all(self, include_revoked: bool = True) -> list[KeyRecord]:
+        def read(c: Connection) -> list[Any]:
+            query = select(virtual_keys).order_by(virtual_keys.c.created)
+            if not include_revoked:
+                query = query.where(virtual_keys.c.revoked.is_(None))
+            return list(c.execute(query).all())
+
+        return [_key(row) for row in await self._read(read)]
+
+    async def team(self, name: str) -> TeamRecord | None:
+        row = await self._read(lambda c: c.execute(select(teams).where(teams.c.name == name)).first())
+        return _team(row) if row is not None else None
+
+    async def teams(self) -> list[TeamRecord]:
+        rows = await self._read(lambda c: list(c.execute(select(teams).order_by(teams.c.name)).all()))
+        return [_team(row) for row in rows]
+
+    async def authenticate(self, secret: str) -> tuple[KeyRecord, TeamRecord | None] | None:
+        """The key whose hash matches (compared in constant time) and its team, or None."""
+        presented = digest(secret)
+
+        def read(c: Connection) -> tuple[Any, Any] | None:
+            row = c.execute(select(virtual_keys).where(virtual_keys.c.hash == presented)).first()
+            if row is None:
+                return None
+            team = None
+            if row._mapping["team"] is not None:
+                team = c.execute(select(teams).where(teams.c.name == row._mapping["team"])).first()
+            return row, team
+
+        found = await self._read(read)
+        if found is None:
+            hmac.compare_digest(presented, "0" * 64)  # the same work whether or not a key matched
+            return None
+        row, team = found
+        if not hmac.compare_digest(presented, row._mapping["hash"]):
+            return None
+        return _key(row), (_team(team) if team is not None else None)
+
+    async def usage(self, since: float | None = None) -> dict[str, dict[str, Any]]:
+        """Calls, tokens and spend per key id (from the audit records)."""
+
+        def read(c: Connection) -> list[Any]:
+            query = select(
+                audit.c.principal,
+                func.count().label("calls"),
+                func.coalesce(func.sum(audit.c.input_tokens), 0).label("input_tokens"),
+                func.coalesce(func.sum(audit.c.output_tokens), 0).label("output_tokens"),
+                func.coalesce(func.sum(audit.c.cost_usd), 0).label("cost_usd"),
+                func.max(audit.c.ts).label("last_used"),
+            ).group_by(audit.c.principal)
+            if since is not None:
+                query = query.where(audit.c.ts >= since)
+            return list(c.execute(query).all())
+
+        out: dict[str, dict[str, Any]] = {}
+        for row in await self._read(read):
+            m = row._mapping
+            out[m["principal"]] = {
+                "calls": int(m["calls"]),
+                "input_tokens": int(m["input_tokens"]),
+                "output_tokens": int(m["output_tokens"]),
+                "cost_usd": str(Decimal(m["cost_usd"]).quantize(Decimal("1e-6"))),
+                "last_used": m["last_used"],
+            }
+        return out
+
+
+@dataclass
+class _Cached:
+    value: tuple[KeyRecord, TeamRecord | None] | None
+    until: float
+
+
+class KeyCache:
+    """Recent lookups by hash, for ``ttl_s``: the database sees one lookup per key per window."""
+
+    def __init__(self, keys: KeyStore, ttl_s: float = 0.5, max_entries: int = 10_000) -> None:
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[KeyRecord, TeamRecord | None] | None]] = {}
+
+    async def lookup(self, secret: str) -> tuple[KeyRecord, TeamRecord | None] | None:
+        presented = digest(secret)
+        now = time.monotonic()
+        cached = self._entries.get(presented)
+        if cached is not None and cached.until > now:
+            return cached.value
+        waiting = self._inflight.get(presented)
+        if waiting is not None:  # one database read per key, however many calls arrive at once
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[tuple[KeyRecord, TeamRecord | None] | None] = asyncio.get_running_loop().create_future()
+        self._inflight[presented] = future
+        try:
+            value = await self.keys.authenticate(secret)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._inflight.pop(presented, None)
+        future.set_result(value)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[presented] = _Cached(value, now + self.ttl_s)
+        return value
+
+    def forget(self) -> None:
+        """Drop every cached lookup (after a local revoke or rotate)."""
+        self._entries.clear()

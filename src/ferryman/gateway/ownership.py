@@ -1,0 +1,223 @@
+"""Isolation of stored objects: a virtual key sees only the files, batches, fine-tuning jobs and
+stored responses it created; another key's id answers 404, as if it did not exist.
+
+Every object the upstream creates for a key is recorded (``owned_objects``) before its id
+reaches the caller: on the create reply, on a streamed response's first event, and for the
+files a batch or a job produces (output, error and result files), when the caller reads the
+batch or job. Requests naming an object (in the path, or as ``input_file_id``,
+``training_file``, ``validation_file``, ``previous_response_id`` in the body) are checked before
+they leave; lists are filtered to the key's own objects.
+
+Ownership never changes, so positive answers are kept in memory (bounded); the table is the
+truth shared by every instance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select
+
+from ferryman.errors import OpenAIError
+from ferryman.exchange import Exchange, Reply
+from ferryman.pipeline.chain import Handler
+from ferryman.pipeline.retry import FERRYMAN_MADE
+from ferryman.sse import SSEDecoder
+from ferryman.store import Store
+from ferryman.store.tables import owned_objects
+
+# The first path segment → (kind, the 404 message for an id)
+COLLECTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "files": ("file", lambda i: f"No such File object: {i}"),
+    "batches": ("batch", lambda i: f"No batch found with id '{i}'."),
+    "fine_tuning": ("ftjob", lambda i: f"Could not find fine-tune job: {i}"),
+    "responses": ("response", lambda i: f"Response with id '{i}' not found."),
+}
+# Body fields that name an object the caller must own.
+REFERENCES = {
+    "input_file_id": "files",
+    "training_file": "files",
+    "validation_file": "files",
+    "previous_response_id": "responses",
+}
+# Fields of a batch or job whose files become the caller's too.
+PRODUCED = ("output_file_id", "error_file_id", "result_files")
+_CACHE_MAX = 100_000
+
+
+def _target(path: str) -> tuple[str, str | None] | None:
+    """``/files/file-1/content`` → ("files", "file-1"); ``/files`` → ("files", None);
+    ``/fine_tuning/jobs/ftjob-1/events`` → ("fine_tuning", "ftjob-1"); other paths → None."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in COLLECTIONS:
+        return None
+    if parts[0] == "fine_tuning":
+        if len(parts) < 2 or parts[1] != "jobs":
+            return None  # checkpoints' permissions and the like: not per-key objects
+        parts = parts[1:]
+    return parts[0] if parts[0] != "jobs" else "fine_tuning", (parts[1] if len(parts) > 1 else None)
+
+
+def _not_found(collection: str, object_id: str, param: str | None = None) -> Reply:
+    message = COLLECTIONS[collection][1]
+    error = OpenAIError(404, message(object_id), "invalid_request_error", param, None)
+    return Reply.of_json(404, error.body())
+
+
+class Ownership:
+    """The gateway's stage, placed right inside the audit stage."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._known: dict[str, str] = {}  # object id → owner
+
+    # -- the table ----------------------------------------------------------------------------
+
+    async def owner_of(self, object_id: str) -> str | None:
+        owner = self._known.get(object_id)
+        if owner is not None:
+            return owner
+
+        def read(c: Connection) -> str | None:
+            row = c.execute(select(owned_objects.c.owner).where(owned_objects.c.id == object_id)).first()
+            return row[0] if row is not None else None
+
+        owner = await self._read(read)
+        if owner is not None:
+            self._remember(object_id, owner)
+        return owner
+
+    async def record(self, ids: list[tuple[str, str]], owner: str) -> None:
+        """Record ``(id, kind)`` pairs as ``owner``'s (an id already recorded keeps its owner)."""
+        fresh = [(i, k) for i, k in ids if i and i not in self._known]
+        if not fresh:
+            return
+        now = time.time()
+
+        def write(c: Connection) -> None:
+            existing = set(
+                c.execute(select(owned_objects.c.id).where(owned_objects.c.id.in_([i for i, _ in fresh]))).scalars()
+            )
+            rows = [{"id": i, "kind": k, "owner": owner, "created": now} for i, k in fresh if i not in existing]
+            if rows:
+                c.execute(insert(owned_objects), rows)
+
+        def run() -> None:
+            with self.store.engine.begin() as conn:
+                write(conn)
+
+        await self.store.run(run)
+        for object_id, _ in fresh:
+            self._remember(object_id, owner) if object_id not in self._known else None
+
+    async def own_among(self, ids: list[str], owner: str) -> set[str]:
+        if not ids:
+            return set()
+
+        def read(c: Connection) -> set[str]:
+            query = select(owned_objects.c.id).where(owned_objects.c.owner == owner, owned_objects.c.id.in_(ids))
+            return set(c.execute(query).scalars())
+
+        result: set[str] = await self._read(read)
+        return result
+
+    async def _read(self, fn: Callable[[Connection], Any]) -> Any:
+        def run() -> Any:
+            with self.store.engine.connect() as conn:
+                return fn(conn)
+
+        return await self.store.run(run)
+
+    def _remember(self, object_id: str, owner: str) -> None:
+        if len(self._known) >= _CACHE_MAX:
+            self._known.clear()
+        self._known[object_id] = owner
+
+    # -- the stage ----------------------------------------------------------------------------
+
+    async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
+        owner = exchange.principal.id
+        if owner == "process":  # not a virtual key: nothing to isolate
+            return await call_next(exchange)
+        target = _target(exchange.path)
+        if target is not None and target[1] is not None:
+            collection, object_id = target[0], target[1]
+            if await self.owner_of(object_id) != owner:
+                exchange.notes[FERRYMAN_MADE] = True
+                exchange.error = "not_found"
+                return _not_found(collection, object_id)
+        if exchange.method == "POST" and isinstance(exchange.json, dict):
+            for field, collection in REFERENCES.items():
+                value = exchange.json.get(field)
+                if isinstance(value, str) and await self.owner_of(value) != owner:
+                    exchange.notes[FERRYMAN_MADE] = True
+                    exchange.error = "not_found"
+                    return _not_found(collection, value, field)
+        reply = await call_next(exchange)
+        if target is None and exchange.path != "/responses":
+            return reply
+        if reply.status >= 400:
+            return reply
+        if reply.is_stream:
+            if exchange.path == "/responses" and exchange.method == "POST":
+                reply.stream = self._watch_stream(reply.stream, owner)  # type: ignore[arg-type]
+            return reply
+        await self._after(exchange, reply, owner, target)
+        return reply
+
+    async def _after(self, exchange: Exchange, reply: Reply, owner: str, target: tuple[str, str | None] | None) -> None:
+        body = reply.json()
+        if not isinstance(body, dict):
+            return
+        collection = target[0] if target is not None else "responses"
+        kind = COLLECTIONS[collection][0]
+        if body.get("object") == "list" and isinstance(body.get("data"), list):
+            ids = [item.get("id") for item in body["data"] if isinstance(item, dict)]
+            mine = await self.own_among([i for i in ids if isinstance(i, str)], owner)
+            if target is not None and target[1] is not None:
+                # a list under an object the caller owns (a job's events, a response's input items)
+                return
+            body["data"] = [item for item in body["data"] if isinstance(item, dict) and item.get("id") in mine]
+            if body["data"]:
+                body["first_id"] = body["data"][0].get("id", body.get("first_id"))
+                body["last_id"] = body["data"][-1].get("id", body.get("last_id"))
+            reply.body = orjson.dumps(body)
+            return
+        created: list[tuple[str, str]] = []
+        object_id = body.get("id")
+        if exchange.method == "POST" and target is not None and target[1] is None and isinstance(object_id, str):
+            created.append((object_id, kind))
+        if exchange.method == "POST" and target is None and isinstance(object_id, str) and body.get("store", True):
+            created.append((object_id, "response"))
+        for field in PRODUCED:
+            value = body.get(field)
+            for produced in value if isinstance(value, list) else [value]:
+                if isinstance(produced, str):
+                    created.append((produced, "file"))
+        if created:
+            await self.record(created, owner)
+
+    async def _watch_stream(self, stream: AsyncIterator[bytes], owner: str) -> AsyncIterator[bytes]:
+        """A streamed response's id is recorded before the event carrying it reaches the caller."""
+        decoder = SSEDecoder()
+        found = False
+        async for chunk in stream:
+            if not found:
+                for event in decoder.feed(chunk):
+                    data = event.data
+                    if '"response"' not in data:
+                        continue
+                    try:
+                        payload = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    response = payload.get("response") if isinstance(payload, dict) else None
+                    if isinstance(response, dict) and isinstance(response.get("id"), str):
+                        if response.get("store", True):
+                            await self.record([(response["id"], "response")], owner)
+                        found = True
+                        break
+            yield chunk
