@@ -47,6 +47,16 @@ OPEN_STREAMS = Gauge(
 )
 
 
+def warm_up() -> None:
+    """Load the tokenizers before the first call needs them (they take a few hundred ms)."""
+    from ferryman.tokens import count_request_prompt_tokens
+
+    for model in ("gpt-4o-mini", "gpt-4"):
+        count_request_prompt_tokens(
+            "/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        )
+
+
 class Gateway:
     def __init__(
         self,
@@ -102,6 +112,7 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await asyncio.to_thread(warm_up)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()

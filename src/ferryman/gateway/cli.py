@@ -87,10 +87,13 @@ def serve(
     port = port if port is not None else g.port
     workers = workers or g.workers
     configure_json_logging("INFO")
+    mock = _embedded_mock(settings)
     try:
         gateway = Gateway(settings)
     except Exception as error:
         raise _bad(str(error)) from None
+    if mock is not None:
+        _demo_key(gateway, host, port)
     upstreams = ", ".join(f"{d.name} ({d.base_url})" for d in settings.deployments)
     err.print(f"ferryman gateway on [bold]http://{host}:{port}/v1[/bold]  upstreams: {upstreams}")
     if gateway.admin_secret() is None:
@@ -120,6 +123,37 @@ def serve(
         )
         return
     run_server(gateway, host, port)
+
+
+def _embedded_mock(settings: Settings) -> Any:
+    """No upstream configured and no OPENAI_API_KEY: serve the mock as the upstream, in-process,
+    so ``ferryman serve`` runs anywhere with no key and no bill."""
+    import os
+
+    configured = not (len(settings.deployments) == 1 and settings.deployments[0].name == "default")
+    if configured or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        return None
+    from ferryman.mock.server import BackgroundServer
+
+    mock = BackgroundServer().start()
+    os.environ.setdefault("FERRYMAN_EMBEDDED_MOCK_KEY", "ferryman-embedded-mock")
+    settings.deployments[0].base_url = mock.base_url
+    settings.deployments[0].api_keys = ["env:FERRYMAN_EMBEDDED_MOCK_KEY"]
+    err.print(
+        f"[yellow]note:[/yellow] no OPENAI_API_KEY: the upstream is Ferryman's mock ({mock.base_url}); "
+        "set OPENAI_API_KEY (or deployments in ferryman.toml) for the real API"
+    )
+    return mock
+
+
+def _demo_key(gateway: Any, host: str, port: int) -> None:
+    """With the mock upstream and no keys yet, one key to try it with (printed once)."""
+    if _run(gateway.keys.all()):
+        return
+    secret, record = _run(gateway.keys.create("demo"))
+    err.print(f"created a first key, [bold]{record.id}[/bold] (demo), shown only this once:")
+    err.print(f"  export OPENAI_BASE_URL=http://{host}:{port}/v1")
+    err.print(f"  export OPENAI_API_KEY={secret}")
 
 
 # -- keys -------------------------------------------------------------------------------------
