@@ -371,7 +371,8 @@ class AdminAPI:
         rows = await self.gateway.store.run(_reading(self.gateway, read))
         data = []
         for r in rows:
-            item = dict(r._mapping)
+            # plain str keys: SQLAlchemy's are quoted_name (a str subclass), which orjson refuses
+            item = {str(k): v for k, v in r._mapping.items()}
             item["cost_usd"] = str(Decimal(item["cost_usd"] or 0))
             item["key_name"] = names.get(item["principal"], item["principal"])
             data.append(item)

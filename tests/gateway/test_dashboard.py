@@ -1,0 +1,284 @@
+"""The dashboard at /ui in headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+A real gateway in front of the mock gets a few calls through the official SDK (three models, four
+keys, one key and one team with a budget, one call refused with a 429 and one that fails), then
+Chromium logs in with the admin key and reads the page the way a person would: the charts, the
+budget bars, the recent requests and the error and 429 rates. A screenshot of each chart is
+decoded here (PNG by hand: zlib + struct) to prove the bars are painted, not only in the DOM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from ferryman.gateway.keys import parse_budget
+from tests.gateway.conftest import ADMIN_KEY
+from tests.leak_guard import assert_no_secrets
+
+CHROMIUM = Path("/usr/bin/chromium")
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+BAR_RGB = (0x25, 0x63, 0xEB)  # --bar in ui/style.css
+XSS_NAME = '<img src=x onerror="window.pwned=1">'
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("FERRYMAN_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason}, and FERRYMAN_REQUIRE_SERVICES=1 makes the dashboard tests mandatory")
+        pytest.skip(reason)
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab (its own session storage); any uncaught script error fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1100}, device_scale_factor=1)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not errors, f"script errors in the dashboard: {errors}"
+
+
+def populate(gw: Any) -> dict[str, str]:
+    """Calls through the SDK so every panel has something to show; returns the key names."""
+    gw.server.call(gw.gateway.keys.set_team("research", budget=parse_budget("1/day")))
+    alpha = gw.client(gw.new_key(name="team-alpha", budget="0.001/month"))
+    batch = gw.client(gw.new_key(name="batch-jobs", team="research"))
+    slow = gw.client(gw.new_key(name="slow-lane", rpm=1))
+    odd = gw.client(gw.new_key(name=XSS_NAME))
+    # max_tokens keeps the budget stage's worst-case reservation under the small cap
+    alpha.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=40)
+    alpha.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=40)
+    batch.embeddings.create(model="text-embedding-3-small", input=["ferry", "man"])
+    odd.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    slow.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError):  # rpm=1: the second call in the minute is refused
+        slow.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with pytest.raises(openai.BadRequestError):  # the upstream fails this one
+        batch.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-ferryman-fault": "status=400"}
+        )
+    return {"alpha": "team-alpha", "batch": "batch-jobs", "slow": "slow-lane", "odd": XSS_NAME}
+
+
+def log_in(page: Page, gw: Any, key: str = ADMIN_KEY) -> None:
+    page.goto(gw.url + "/ui")
+    page.fill("#admin-key", key)
+    page.click("#login-form button[type=submit]")
+
+
+def logged_in(page: Page, gw: Any) -> None:
+    log_in(page, gw)
+    page.wait_for_selector("body[data-loaded]")
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and the unfiltered rows (RGB or RGBA, 8-bit) of a non-interlaced PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, []
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        pos += 12 + length
+    assert depth == 8 and color in (2, 6) and interlace == 0, (depth, color, interlace)
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    rows: list[bytes] = []
+    prior = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        if kind == 1:  # Sub
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif kind == 2:  # Up
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prior, strict=True))
+        elif kind == 3:  # Average
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prior[i]) >> 1)) & 0xFF
+        elif kind == 4:  # Paeth
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prior[i], prior[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        prior = line
+    return width, height, [bytes(r[i : i + 3]) for r in rows for i in range(0, stride, bpp)]
+
+
+def count_colour(pixels: list[bytes], rgb: tuple[int, int, int], tolerance: int = 6) -> int:
+    return sum(1 for px in pixels if all(abs(px[i] - rgb[i]) <= tolerance for i in range(3)))
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_login_is_required_and_a_wrong_key_is_refused(gateway, page):
+    """Without a login the page shows only the form and no data; a wrong admin key shows an error
+    and the form again, and nothing is kept."""
+    gw = gateway()
+    names = populate(gw)
+    page.goto(gw.url + "/ui")
+    assert page.is_visible("#login-form") and page.is_visible("#admin-key")
+    assert page.is_hidden("#dashboard") and page.is_hidden("#logout")
+    assert page.locator("rect.bar").count() == 0 and page.locator("#requests tbody tr").count() == 0
+    for name in names.values():
+        assert name not in page.content()
+
+    log_in(page, gw, key="not-the-admin-key")
+    page.wait_for_selector("#login-error:not([hidden])")
+    assert "refused" in page.inner_text("#login-error")
+    assert page.is_visible("#login-form") and page.is_hidden("#dashboard")
+    assert page.evaluate("sessionStorage.length") == 0
+    assert page.locator("rect.bar").count() == 0
+
+
+def test_dashboard_shows_spend_budgets_requests_and_rates(gateway, page):
+    """After login: one bar per model, key and day with calls, each with height; the budget bars
+    show the used fraction; the recent requests list the calls by key name (names shown as text,
+    never as HTML) and no secret; the error and 429 rates match the admin API."""
+    gw = gateway()
+    names = populate(gw)
+    usage = gw.admin.get("/admin/usage?days=30").json()
+    budgets = {b["name"]: b for b in gw.admin.get("/admin/budgets").json()["data"]}
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    logged_in(page, gw)
+
+    bars = {
+        "#chart-by-day": len(usage["by_day"]),
+        "#chart-by-model": len(usage["by_model"]),
+        "#chart-by-key": len(usage["by_key"]),
+    }
+    assert bars == {"#chart-by-day": 1, "#chart-by-model": 3, "#chart-by-key": 4}
+    for chart, count in bars.items():
+        rects = page.locator(f"{chart} svg rect.bar")
+        assert rects.count() == count, chart
+        for i in range(count):
+            box = rects.nth(i).bounding_box()
+            assert box and box["height"] > 0 and box["width"] > 0, (chart, i, box)
+    models = page.locator("#chart-by-model rect.bar").evaluate_all("rs => rs.map(r => r.dataset.name)")
+    assert sorted(models) == ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+    assert page.locator("#chart-by-day rect.bar").get_attribute("data-day") == usage["by_day"][0]["day"]
+    # the costliest model's bar is the longest
+    widths = {m: page.locator(f'#chart-by-model rect.bar[data-name="{m}"]').bounding_box()["width"] for m in models}
+    assert max(widths, key=widths.get) == usage["by_model"][0]["name"]
+
+    assert page.locator("#budgets li.budget").count() == 2
+    alpha = budgets[names["alpha"]]
+    assert 0.2 < alpha["used_fraction"] < 1  # two calls against a $0.001 budget
+    for name, budget in budgets.items():
+        item = page.locator("#budgets li.budget", has_text=name)
+        assert float(item.get_attribute("data-used-fraction")) == pytest.approx(budget["used_fraction"])
+        meter = item.locator("[role=progressbar]").bounding_box()
+        fill = item.locator(".fill").bounding_box()
+        assert fill["width"] / meter["width"] == pytest.approx(min(budget["used_fraction"], 1), abs=0.01)
+    assert f"{alpha['used_fraction'] * 100:.1f}%" in page.inner_text("#budgets")
+
+    rows = page.locator("#requests tbody tr")
+    assert rows.count() == 7
+    keys_shown = rows.locator("td.key").all_inner_texts()
+    assert sorted(set(keys_shown)) == sorted(names.values())
+    assert page.locator('#requests tbody tr[data-status="429"]').count() == 1
+    assert page.locator('#requests tbody tr[data-status="400"]').count() == 1
+    assert page.evaluate("window.pwned") is None  # the odd key name was text, not markup
+    assert page.locator("#requests img").count() == 0
+
+    stats = gw.admin.get("/admin/stats?hours=24").json()
+    assert (stats["calls"], stats["errors"], stats["rate_limited"]) == (7, 2, 1)
+    assert page.inner_text("#stat-calls dd").startswith("7")
+    assert "28.6%" in page.inner_text("#stat-error-rate")  # 2 of 7
+    assert "14.3%" in page.inner_text("#stat-rate-limited-rate")  # 1 of 7
+    assert "1 refusal" in page.inner_text("#stat-rate-limited-rate")
+
+    html, text = page.content(), page.inner_text("body")
+    for shown in (html, text):
+        assert "fm-" not in shown and "sk-" not in shown and ADMIN_KEY not in shown
+        assert_no_secrets(shown, "the dashboard")
+    assert not any(ADMIN_KEY in url for url in urls)
+    assert ADMIN_KEY not in page.url
+
+
+def test_charts_are_painted(gateway, page, tmp_path):
+    """A screenshot of each chart holds about as many pixels of the bar colour as its bars cover
+    in the layout: the charts render, they are not blank boxes."""
+    gw = gateway()
+    populate(gw)
+    logged_in(page, gw)
+    page.mouse.move(0, 0)  # no bar in its hover colour
+    for chart in ("chart-by-day", "chart-by-model", "chart-by-key"):
+        element = page.locator(f"#{chart}")
+        shot = element.screenshot(path=str(tmp_path / f"{chart}.png"), animations="disabled")
+        width, height, pixels = png_pixels(shot)
+        box = element.bounding_box()
+        assert abs(width - box["width"]) < 2 and abs(height - box["height"]) < 2, (width, height, box)
+        painted = count_colour(pixels, BAR_RGB)
+        boxes = page.locator(f"#{chart} rect.bar").evaluate_all(
+            "rs => rs.map(r => { const b = r.getBoundingClientRect(); return b.width * b.height; })"
+        )
+        laid_out = sum(boxes)
+        assert painted > 0.8 * laid_out and painted < 1.25 * laid_out + 50, (chart, painted, laid_out)
+        assert painted / (width * height) > 0.005, (chart, painted, width * height)
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    if os.environ.get("FERRYMAN_KEEP_SCREENSHOTS"):
+        for shot_file in tmp_path.glob("*.png"):
+            shutil.copy(shot_file, os.environ["FERRYMAN_KEEP_SCREENSHOTS"])
+
+
+def test_refreshes_itself_and_logout_forgets_the_key(gateway, page):
+    """The page reloads its data on its own every 10 s (a fake clock moves time on); the key sits
+    in session storage only, so a reload keeps the session; logging out clears the key and the
+    data, and a reload then asks for the key again."""
+    gw = gateway()
+    client = gw.client(gw.new_key(name="refresher"))
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    page.clock.install(time=time.time())
+    logged_in(page, gw)
+    assert page.locator("#requests tbody tr").count() == 1
+    assert page.evaluate("sessionStorage.getItem('ferryman.adminKey')") == ADMIN_KEY
+    assert page.evaluate("localStorage.length") == 0 and ADMIN_KEY not in page.url
+
+    client.embeddings.create(model="text-embedding-3-small", input="later")
+    page.clock.run_for(10_000)
+    expect(page.locator("#requests tbody tr")).to_have_count(2)
+    assert page.locator("#chart-by-model rect.bar").count() == 2
+
+    page.reload()  # the session outlives a reload of the tab
+    page.wait_for_selector("body[data-loaded]")
+    assert page.is_hidden("#login") and page.locator("#requests tbody tr").count() == 2
+
+    page.click("#logout")
+    assert page.is_visible("#login-form") and page.is_hidden("#dashboard")
+    assert page.evaluate("sessionStorage.length") == 0
+    assert page.locator("rect.bar").count() == 0 and page.locator("#requests tbody tr").count() == 0
+    page.reload()
+    assert page.is_visible("#login-form") and page.is_hidden("#dashboard")
