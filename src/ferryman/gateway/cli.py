@@ -29,17 +29,21 @@ StoreOption = Annotated[
 RedisOption = Annotated[str | None, typer.Option("--redis", help="Redis URL, to share limits between instances.")]
 
 
-def _settings(store: str | None = None, redis: str | None = None) -> Settings:
+def _settings(store: str | None = None, redis: str | None = None, shared: bool = False) -> Settings:
+    """Settings with the command line's store on top (validated together: sharing needs
+    PostgreSQL, Redis and one audit checkpoint key)."""
+    overrides: dict[str, Any] = {}
+    if store:
+        overrides["url"] = store
+    if redis:
+        overrides["redis_url"] = redis
+    if shared:
+        overrides["shared"] = True
     try:
-        settings = load()
+        return load(store=overrides) if overrides else load()
     except Exception as error:
         err.print(f"[red]error:[/red] settings: {error}")
         raise typer.Exit(2) from None
-    if store:
-        settings.store.url = store
-    if redis:
-        settings.store.redis_url = redis
-    return settings
 
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -79,9 +83,7 @@ def serve(
     from ferryman.gateway.server import serve as run_server
     from ferryman.logs import configure_json_logging
 
-    settings = _settings(store, redis)
-    if store and store.startswith("postgresql") and redis:
-        settings.store.shared = True
+    settings = _settings(store, redis, shared=bool(store and store.startswith("postgresql") and redis))
     g = settings.gateway
     host = host or g.host
     port = port if port is not None else g.port

@@ -110,6 +110,16 @@ def upstream_failure(error: BaseException) -> OpenAIError:
     )
 
 
+def mid_stream_failure(error: BaseException) -> OpenAIError:
+    if isinstance(error, httpx2.TimeoutException):
+        message = "The upstream stopped sending in the middle of the stream. Please try again."
+        return OpenAIError(504, message, "timeout", None, "upstream_timeout")
+    if isinstance(error, httpx2.TransportError):
+        message = "The upstream connection broke in the middle of the stream. Please try again."
+        return OpenAIError(502, message, "server_error", None, "stream_interrupted")
+    return upstream_failure(error)
+
+
 def _raw_headers(headers: dict[str, str], length: int | None) -> list[tuple[bytes, bytes]]:
     raw = [
         (name.encode("latin-1"), value.encode("latin-1", errors="replace"))
@@ -164,7 +174,9 @@ class Proxy:
             if exchange.model is not None and not model_allowed(key, exchange.model):
                 raise model_refused(exchange.model)
         except OpenAIError as error:
-            await self._send_plain(send, error_reply(error), None)
+            refusal = error_reply(error)
+            refusal.body = redact.secrets_bytes(refusal.body)  # it may quote the caller's input (a model name)
+            await self._send_plain(send, refusal, None)
             self.access.write(method, path, error.status, started, key_id, None, scope)
             return
         except ConnectionResetError:
@@ -273,7 +285,7 @@ class Proxy:
         except (asyncio.CancelledError, OSError):
             raise
         except Exception as error:  # the upstream broke mid-stream: say so in the stream
-            failure = upstream_failure(error)
+            failure = mid_stream_failure(error)
             exchange.error = exchange.error or type(error).__name__
             await send(
                 {

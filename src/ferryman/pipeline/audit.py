@@ -38,7 +38,7 @@ from ferryman.audit.record import (
 )
 from ferryman.errors import OpenAIError
 from ferryman.exchange import Exchange, Reply
-from ferryman.pipeline.account import parsed_reply
+from ferryman.pipeline.account import FINISH_NOTE, parsed_reply
 from ferryman.pipeline.chain import Handler
 from ferryman.pricing import TokenCounts
 from ferryman.sse import tap
@@ -146,6 +146,11 @@ class Audit:
         outcome: str | None = "stream abandoned by the caller"
         try:
             async for chunk in tapped:
+                if call.stream.finished and not call.done:
+                    # This chunk holds the stream's last event: the record is written before the
+                    # caller can see it, so every stream a caller received whole has its record
+                    # (even if the process dies right after).
+                    await self._record_end(call)
                 yield chunk
             outcome = None
         except GeneratorExit:
@@ -155,7 +160,10 @@ class Audit:
                 outcome = f"stream broke: {type(exc).__name__}: {exc}"
             raise
         finally:
-            if not call.done:
+            if call.done:
+                await _aclose(tapped)
+                await _aclose(source)
+            else:
                 call.done = True
                 await _aclose(tapped)
                 await _aclose(source)
@@ -165,6 +173,16 @@ class Audit:
                     outcome = None
                 call.error = call.stream.error or (error_text(outcome, self.bodies) if outcome else None)
                 await self._write(call)
+
+    async def _record_end(self, call: _Call) -> None:
+        assert call.stream is not None
+        call.done = True
+        finish = call.exchange.notes.get(FINISH_NOTE)
+        if callable(finish):  # the account stage settles usage and cost now, not at the close
+            finish()
+        call.completed = True
+        call.error = call.stream.error
+        await self._write(call)
 
     async def _closed_unread(self, call: _Call, source: AsyncIterator[bytes]) -> None:
         """The reply was closed before its stream was read to the end (or at all)."""
