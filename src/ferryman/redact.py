@@ -26,7 +26,9 @@ _SECRET_FIELDS = re.compile(
 # One quick pass before the regular expressions run (most text holds no secret at all).
 _ANY = re.compile(r"(?i)sk-|fm-|bearer|api[-_]?key")
 _ANY_BYTES = re.compile(rb"(?i)sk-|fm-|bearer|api[-_]?key")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# An address starts where a run of its characters starts: without the lookbehind every position
+# of a long run (base64, an upload) would be tried, each scanning to the run's end (quadratic).
+_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 _CARD = re.compile(r"\b\d(?:[ \-]?\d){12,18}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().\-]{7,}\d\b")

@@ -2,7 +2,8 @@
 
 A line holds the method, the path, the names of the query parameters (never their values: a
 query string can carry a key), the status, the duration, the virtual key's id (never the key),
-the model, the upstream's request id, cost and cache outcome. Lines go through
+the model, the upstream's request id, cost and cache outcome. A key a caller put in the path,
+the model or a parameter's name is removed here already; lines then go through
 :mod:`ferryman.logs`, whose filter removes anything shaped like a key or bearer token.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ferryman.exchange import Exchange
+from ferryman.redact import secrets
 
 log = logging.getLogger("ferryman.access")
 
@@ -40,25 +42,26 @@ class AccessLog:
     ) -> None:
         if not self.enabled or not log.isEnabledFor(logging.INFO):
             return
+        path = secrets("/v1" + path)  # a key pasted where an id goes: never logged, filter or not
         extra: dict[str, Any] = {
             "method": method,
-            "path": "/v1" + path,
+            "path": path,
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "key_id": key_id,
         }
         query = scope.get("query_string", b"")
         if query:
-            extra["query_params"] = query_names(query)
+            extra["query_params"] = [secrets(name) for name in query_names(query)]
         client = scope.get("client")
         if client:
             extra["client"] = client[0]
         if exchange is not None:
-            extra["model"] = exchange.model
+            extra["model"] = secrets(exchange.model) if exchange.model else exchange.model
             extra["request_id"] = exchange.request_id
             extra["cache"] = exchange.cache
             if exchange.cost_usd is not None:
                 extra["cost_usd"] = format(exchange.cost_usd, "f")
             if exchange.error:
                 extra["error"] = exchange.error
-        log.info("%s /v1%s %s", method, path, status, extra=extra)
+        log.info("%s %s %s", method, path, status, extra=extra)

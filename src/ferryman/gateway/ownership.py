@@ -5,8 +5,9 @@ Every object the upstream creates for a key is recorded (``owned_objects``) befo
 reaches the caller: on the create reply, on a streamed response's first event, and for the
 files a batch or a job produces (output, error and result files), when the caller reads the
 batch or job. Requests naming an object (in the path, or as ``input_file_id``,
-``training_file``, ``validation_file``, ``previous_response_id`` in the body) are checked before
-they leave; lists are filtered to the key's own objects.
+``training_file``, ``validation_file``, ``previous_response_id`` in the body, or as a file inside
+the input: :func:`named_files`) are checked before they leave; lists are filtered to the key's
+own objects.
 
 Ownership never changes, so positive answers are kept in memory (bounded); the table is the
 truth shared by every instance.
@@ -15,7 +16,7 @@ truth shared by every instance.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -43,6 +44,8 @@ REFERENCES = {
     "validation_file": "files",
     "previous_response_id": "responses",
 }
+# ``/responses/<name>`` paths that are not a response id (``POST /responses/input_tokens``).
+RESPONSE_ACTIONS = frozenset({"input_tokens", "compact"})
 # Fields of a batch or job whose files become the caller's too.
 PRODUCED = ("output_file_id", "error_file_id", "result_files")
 _CACHE_MAX = 100_000
@@ -58,7 +61,31 @@ def _target(path: str) -> tuple[str, str | None] | None:
         if len(parts) < 2 or parts[1] != "jobs":
             return None  # checkpoints' permissions and the like: not per-key objects
         parts = parts[1:]
+    if parts[0] == "responses" and len(parts) == 2 and parts[1] in RESPONSE_ACTIONS:
+        return None  # an action on new input, not a stored response's id
     return parts[0] if parts[0] != "jobs" else "fine_tuning", (parts[1] if len(parts) > 1 else None)
+
+
+def named_files(value: Any) -> Iterator[str]:
+    """File ids named inside a request: ``input_file`` / ``input_image`` parts (Responses), a chat
+    ``file`` part's ``file.file_id``, and ``file_ids`` lists (a code interpreter's container)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from named_files(item)
+        return
+    if not isinstance(value, dict):
+        return
+    kind = value.get("type")
+    if kind in ("input_file", "input_image") and isinstance(value.get("file_id"), str):
+        yield value["file_id"]
+    elif kind == "file" and isinstance(value.get("file"), dict) and isinstance(value["file"].get("file_id"), str):
+        yield value["file"]["file_id"]
+    ids = value.get("file_ids")
+    if isinstance(ids, list):
+        yield from (i for i in ids if isinstance(i, str))
+    for item in value.values():
+        if isinstance(item, dict | list):
+            yield from named_files(item)
 
 
 def _not_found(collection: str, object_id: str, param: str | None = None) -> Reply:
@@ -156,6 +183,12 @@ class Ownership:
                     exchange.notes[FERRYMAN_MADE] = True
                     exchange.error = "not_found"
                     return _not_found(collection, value, field)
+            if b"file_id" in exchange.body:  # a file named inside the input is read as surely
+                for value in named_files(exchange.json):
+                    if await self.owner_of(value) != owner:
+                        exchange.notes[FERRYMAN_MADE] = True
+                        exchange.error = "not_found"
+                        return _not_found("files", value)
         reply = await call_next(exchange)
         if target is None and exchange.path != "/responses":
             return reply
