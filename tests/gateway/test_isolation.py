@@ -201,3 +201,20 @@ def test_files_named_inside_inputs_are_checked_too(two_keys, ferryman_mock):
         model="gpt-4o-mini", input=[{"role": "user", "content": [part, {"type": "input_text", "text": "Sum up."}]}]
     )
     assert reply.output_text
+
+
+def test_stored_chat_completions_are_isolated(two_keys, ferryman_mock):
+    """A chat completion made with ``store: true`` belongs to its key: another key's retrieve,
+    messages or delete answers 404 at the gateway, and a plain (unstored) call records nothing."""
+    alice, bob = two_keys
+    stored = alice.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, store=True)
+    unstored = alice.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    for call in (
+        lambda: bob.chat.completions.retrieve(stored.id),
+        lambda: bob.chat.completions.messages.list(stored.id),
+        lambda: bob.chat.completions.delete(stored.id),
+        lambda: alice.chat.completions.retrieve(unstored.id),
+    ):
+        assert "not found" in not_found(call).message
+    assert upstream_calls(ferryman_mock, stored.id) == []
+    assert upstream_calls(ferryman_mock, unstored.id) == []

@@ -230,3 +230,22 @@ def test_expired_key_answers_401_key_expired(gateway, ferryman_mock):
     assert key not in caught.value.message
     assert len(chat_paths(ferryman_mock)) == 1
     assert gw.admin.get(f"/admin/keys/{record.id}").json()["state"] == "expired"
+
+
+def test_model_allowlist_covers_the_lines_of_a_batch_file(gateway, ferryman_mock):
+    """A key limited to some models cannot reach others through a batch: uploading a batch file
+    whose lines name another model answers 403, and nothing reaches the upstream."""
+    import io
+    import json
+
+    gw = gateway()
+    client = gw.client(gw.new_key(models=["gpt-4o-mini"]))
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}
+    allowed = json.dumps({**line, "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}})
+    refused = json.dumps({**line, "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}})
+    client.files.create(file=("ok.jsonl", io.BytesIO(allowed.encode())), purpose="batch")
+    uploads_before = [e for e in ferryman_mock.requests() if e["path"] == "/v1/files"]
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.files.create(file=("no.jsonl", io.BytesIO((allowed + "\n" + refused).encode())), purpose="batch")
+    assert caught.value.code == "model_not_allowed" and "gpt-4o`" in caught.value.message
+    assert [e for e in ferryman_mock.requests() if e["path"] == "/v1/files"] == uploads_before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import re
 import time
 
 from ferryman.errors import OpenAIError, missing_key
@@ -77,6 +78,16 @@ def model_allowed(key: KeyRecord, model: str | None) -> bool:
     if key.models is None or model is None:
         return True
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in key.models)
+
+
+# A ``"model": "…"`` member in a JSONL upload (quotes inside JSON strings are escaped, so message
+# text cannot fake one).
+_MODEL_MEMBER = re.compile(rb'(?<!\\)"model"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
+
+
+def models_in_upload(body: bytes) -> set[str]:
+    """The models a batch input file's lines name (read from the raw multipart upload)."""
+    return {m.decode("utf-8", errors="replace") for m in _MODEL_MEMBER.findall(body)}
 
 
 def model_refused(model: str) -> OpenAIError:

@@ -7,7 +7,8 @@ files a batch or a job produces (output, error and result files), when the calle
 batch or job. Requests naming an object (in the path, or as ``input_file_id``,
 ``training_file``, ``validation_file``, ``previous_response_id`` in the body, or as a file inside
 the input: :func:`named_files`) are checked before they leave; lists are filtered to the key's
-own objects.
+own objects. The same holds for stored chat completions (``store: true``), conversations,
+vector stores, uploads and containers.
 
 Ownership never changes, so positive answers are kept in memory (bounded); the table is the
 truth shared by every instance.
@@ -36,6 +37,11 @@ COLLECTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
     "batches": ("batch", lambda i: f"No batch found with id '{i}'."),
     "fine_tuning": ("ftjob", lambda i: f"Could not find fine-tune job: {i}"),
     "responses": ("response", lambda i: f"Response with id '{i}' not found."),
+    "chat_completions": ("chatcmpl", lambda i: f"Completion with id '{i}' not found."),
+    "conversations": ("conversation", lambda i: f"Conversation with id '{i}' not found."),
+    "vector_stores": ("vector_store", lambda i: f"No vector store found with id '{i}'."),
+    "uploads": ("upload", lambda i: f"No upload found with id '{i}'."),
+    "containers": ("container", lambda i: f"Container with id '{i}' not found."),
 }
 # Body fields that name an object the caller must own.
 REFERENCES = {
@@ -55,6 +61,8 @@ def _target(path: str) -> tuple[str, str | None] | None:
     """``/files/file-1/content`` → ("files", "file-1"); ``/files`` → ("files", None);
     ``/fine_tuning/jobs/ftjob-1/events`` → ("fine_tuning", "ftjob-1"); other paths → None."""
     parts = [p for p in path.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "chat" and parts[1] == "completions":
+        parts = ["chat_completions", *parts[2:]]  # stored chat completions (store: true)
     if not parts or parts[0] not in COLLECTIONS:
         return None
     if parts[0] == "fine_tuning":
@@ -192,6 +200,10 @@ class Ownership:
         reply = await call_next(exchange)
         if target is None and exchange.path != "/responses":
             return reply
+        if target == ("chat_completions", None) and exchange.method == "POST":
+            stored = isinstance(exchange.json, dict) and exchange.json.get("store") is True
+            if not stored or reply.is_stream:  # only a stored completion can be read back later
+                return reply
         if reply.status >= 400:
             return reply
         if reply.is_stream:
@@ -208,11 +220,11 @@ class Ownership:
         collection = target[0] if target is not None else "responses"
         kind = COLLECTIONS[collection][0]
         if body.get("object") == "list" and isinstance(body.get("data"), list):
-            ids = [item.get("id") for item in body["data"] if isinstance(item, dict)]
-            mine = await self.own_among([i for i in ids if isinstance(i, str)], owner)
             if target is not None and target[1] is not None:
                 # a list under an object the caller owns (a job's events, a response's input items)
                 return
+            ids = [item.get("id") for item in body["data"] if isinstance(item, dict)]
+            mine = await self.own_among([i for i in ids if isinstance(i, str)], owner)
             body["data"] = [item for item in body["data"] if isinstance(item, dict) and item.get("id") in mine]
             if body["data"]:
                 body["first_id"] = body["data"][0].get("id", body.get("first_id"))
@@ -221,10 +233,9 @@ class Ownership:
             return
         created: list[tuple[str, str]] = []
         object_id = body.get("id")
-        if exchange.method == "POST" and target is not None and target[1] is None and isinstance(object_id, str):
-            created.append((object_id, kind))
-        if exchange.method == "POST" and target is None and isinstance(object_id, str) and body.get("store", True):
-            created.append((object_id, "response"))
+        creates = exchange.method == "POST" and (target is None or target[1] is None) and isinstance(object_id, str)
+        if creates and (collection != "responses" or body.get("store", True) is not False):
+            created.append((str(object_id), kind))
         for field in PRODUCED:
             value = body.get(field)
             for produced in value if isinstance(value, list) else [value]:

@@ -30,7 +30,7 @@ from ferryman import redact
 from ferryman.errors import OpenAIError, unparsable_json
 from ferryman.exchange import Exchange, Principal, Reply
 from ferryman.gateway.access_log import AccessLog
-from ferryman.gateway.auth import Authenticator, model_allowed, model_refused
+from ferryman.gateway.auth import Authenticator, model_allowed, model_refused, models_in_upload
 from ferryman.pipeline.chain import Pipeline
 from ferryman.transport import ferryman_headers
 
@@ -173,6 +173,10 @@ class Proxy:
             exchange = self._exchange(method, path, scope, headers, body, principal)
             if exchange.model is not None and not model_allowed(key, exchange.model):
                 raise model_refused(exchange.model)
+            if key.models is not None and multipart and path == "/files":  # a batch runs its lines' models
+                for model in sorted(models_in_upload(body)):
+                    if not model_allowed(key, model):
+                        raise model_refused(model)
         except OpenAIError as error:
             refusal = error_reply(error)
             refusal.body = redact.secrets_bytes(refusal.body)  # it may quote the caller's input (a model name)
@@ -268,6 +272,8 @@ class Proxy:
         tail = b""
         try:
             async for chunk in reply.stream:
+                if b'"error"' in chunk:  # an upstream error event may quote a key
+                    chunk = redact.secrets_bytes(chunk)
                 if watch_end and not ended:
                     ended = any(end in tail + chunk for end in _ENDINGS)
                     tail = chunk[-32:]
