@@ -23,12 +23,14 @@ err = Console(stderr=True)
 
 def _register_subcommands() -> None:
     from ferryman.audit.cli import app as audit_app
+    from ferryman.batch.cli import run
     from ferryman.gateway.cli import keys_app, serve, teams_app
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
     app.add_typer(teams_app, name="teams")
     app.command()(serve)
+    app.command()(run)
 
 FAULT_HELP = (
     "Inject faults into matching requests; repeatable. A rule is key=value pairs joined by ';'. "

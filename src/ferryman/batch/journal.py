@@ -1,0 +1,245 @@
+"""The job's journal: one SQLite file beside the output (``RESULTS.jsonl.journal``) that records
+each line's state, so a job killed at any moment resumes without paying twice.
+
+A line is ``pending`` until its result is **committed** here (``done`` or ``failed``, with the
+response, status, attempts, tokens and cost); a resumed job sends only ``pending`` lines, so a
+line whose result was recorded is never sent again, and one that was in flight when the process
+died is sent once more (its first result never arrived). ``bad`` lines (unreadable input) are
+recorded with their reason and never sent. Batch API parts (which lines, their input file, batch
+and output files) are recorded as they are made, so a restart picks the batches up where they
+are. The results file is written from the journal, whole, at the end of every run.
+
+It is a local, single-writer file, so the standard library's ``sqlite3`` (WAL, one commit per
+result) is all it needs; the journal belongs to one input file (its sha256 is kept).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ferryman.batch.inputs import BadLine, Line
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lines (
+    custom_id TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    url TEXT,
+    state TEXT NOT NULL,            -- pending | done | failed | bad
+    status INTEGER,
+    response BLOB,                  -- the reply's JSON body
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd TEXT NOT NULL DEFAULT '0',
+    via TEXT,                       -- live | batch-api
+    finished REAL,
+    seq INTEGER                     -- completion order
+);
+CREATE INDEX IF NOT EXISTS lines_state ON lines (state, number);
+CREATE TABLE IF NOT EXISTS parts (
+    part INTEGER PRIMARY KEY,
+    custom_ids BLOB NOT NULL,       -- JSON list
+    input_file_id TEXT,
+    batch_id TEXT,
+    status TEXT,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    merged INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class JournalMismatch(Exception):
+    """The journal was made for another input file."""
+
+
+@dataclass(frozen=True)
+class Result:
+    custom_id: str
+    status: int | None  # HTTP status of the final reply (None: no reply)
+    response: Any  # the reply's JSON body (or None)
+    error: str | None = None  # why the line failed (None: it succeeded)
+    attempts: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    via: str = "live"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and self.status < 400
+
+
+@dataclass(frozen=True)
+class Part:
+    part: int
+    custom_ids: list[str]
+    input_file_id: str | None
+    batch_id: str | None
+    status: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    merged: bool
+
+
+def journal_path(output: Path) -> Path:
+    return output.with_name(output.name + ".journal")
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives kill -9
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM lines").fetchone()
+        self._seq = int(row[0])
+
+    @classmethod
+    def open(cls, path: Path, input_sha256: str) -> Journal:
+        journal = cls(path)
+        found = journal.meta("input_sha256")
+        if found is None:
+            journal.set_meta("input_sha256", input_sha256)
+            journal.set_meta("created", str(time.time()))
+        elif found != input_sha256:
+            journal.close()
+            raise JournalMismatch(
+                f"{path} was made for a different input file (it changed, or -o names another job's results); "
+                "use another -o, or --restart to start this output over"
+            )
+        return journal
+
+    def close(self) -> None:
+        self.db.close()
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- lines ----------------------------------------------------------------------------------
+
+    def add(self, items: Iterable[Line | BadLine]) -> None:
+        """Record the input's lines (those already known keep their state)."""
+        rows: list[tuple[Any, ...]] = []
+        for item in items:
+            if isinstance(item, Line):
+                rows.append((item.custom_id, item.number, item.url, "pending", None))
+            else:
+                rows.append((item.custom_id or f"bad-line-{item.number}", item.number, None, "bad", item.reason))
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO lines (custom_id, number, url, state, error) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def pending_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT custom_id FROM lines WHERE state = 'pending'")}
+
+    def retry_failed(self) -> int:
+        """Put failed lines back to pending (``--retry-failed``)."""
+        cursor = self.db.execute(
+            "UPDATE lines SET state = 'pending', error = NULL, status = NULL WHERE state = 'failed'"
+        )
+        return cursor.rowcount
+
+    def record(self, result: Result) -> bool:
+        """Commit a line's result; False if it had one already (it is then left as it was)."""
+        self._seq += 1
+        cursor = self.db.execute(
+            "UPDATE lines SET state = ?, status = ?, response = ?, error = ?, attempts = ?, input_tokens = ?,"
+            " output_tokens = ?, cost_usd = ?, via = ?, finished = ?, seq = ?"
+            " WHERE custom_id = ? AND state = 'pending'",
+            (
+                "done" if result.ok else "failed",
+                result.status,
+                orjson.dumps(result.response) if result.response is not None else None,
+                result.error,
+                result.attempts,
+                result.input_tokens,
+                result.output_tokens,
+                str(result.cost_usd),
+                result.via,
+                time.time(),
+                self._seq,
+                result.custom_id,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def counts(self) -> dict[str, int]:
+        counts = {"pending": 0, "done": 0, "failed": 0, "bad": 0}
+        for state, count in self.db.execute("SELECT state, COUNT(*) FROM lines GROUP BY state"):
+            counts[state] = count
+        return counts
+
+    def totals(self) -> dict[str, Any]:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+            " COALESCE(SUM(CASE WHEN attempts > 1 THEN 1 ELSE 0 END), 0) FROM lines"
+        ).fetchone()
+        cost = sum((Decimal(c) for (c,) in self.db.execute("SELECT cost_usd FROM lines")), Decimal(0))
+        return {"input_tokens": int(row[0]), "output_tokens": int(row[1]), "retried": int(row[2]), "cost_usd": cost}
+
+    def rows(self, order: str = "input", states: tuple[str, ...] = ("done", "failed")) -> Iterator[dict[str, Any]]:
+        marks = ",".join("?" for _ in states)
+        by = "number" if order == "input" else "seq, number"
+        query = (
+            "SELECT custom_id, number, state, status, response, error, attempts, input_tokens, output_tokens,"
+            f" cost_usd, via FROM lines WHERE state IN ({marks}) ORDER BY {by}"
+        )
+        for row in self.db.execute(query, states):
+            yield {
+                "custom_id": row[0],
+                "line": row[1],
+                "state": row[2],
+                "status": row[3],
+                "response": orjson.loads(row[4]) if row[4] is not None else None,
+                "error": row[5],
+                "attempts": row[6],
+                "input_tokens": row[7],
+                "output_tokens": row[8],
+                "cost_usd": row[9],
+                "via": row[10],
+            }
+
+    # -- Batch API parts ------------------------------------------------------------------------
+
+    def parts(self) -> list[Part]:
+        rows = self.db.execute(
+            "SELECT part, custom_ids, input_file_id, batch_id, status, output_file_id, error_file_id, merged"
+            " FROM parts ORDER BY part"
+        )
+        return [Part(r[0], orjson.loads(r[1]), r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
+
+    def add_part(self, custom_ids: list[str]) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(part), 0) + 1 FROM parts").fetchone()
+        part = int(row[0])
+        self.db.execute("INSERT INTO parts (part, custom_ids) VALUES (?, ?)", (part, orjson.dumps(custom_ids)))
+        return part
+
+    def update_part(self, part: int, **fields: Any) -> None:
+        allowed = {"input_file_id", "batch_id", "status", "output_file_id", "error_file_id", "merged"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown part fields: {sorted(unknown)}")
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        self.db.execute(f"UPDATE parts SET {columns} WHERE part = ?", (*fields.values(), part))

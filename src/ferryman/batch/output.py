@@ -1,0 +1,65 @@
+"""Writing the results and errors files from the journal.
+
+Both are written whole at the end of every run (a temporary file, then an atomic rename), so
+each holds exactly one line per ``custom_id`` and never a torn line, however the run ended.
+
+A results line::
+
+    {"custom_id": "r1", "line": 1, "status": 200, "attempts": 1, "input_tokens": 12,
+     "output_tokens": 40, "cost_usd": "0.0000258", "via": "live", "response": {...}, "error": null}
+
+An errors line (every failed or unreadable input line): ``custom_id``, ``line``, ``status`` (None
+when there was no reply), ``error`` (the reason), and the ``response`` body when there was one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from ferryman.batch.journal import Journal
+
+
+def errors_path(output: Path) -> Path:
+    stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(stem + ".errors.jsonl")
+
+
+def _write(path: Path, lines: list[bytes]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as handle:
+        for line in lines:
+            handle.write(line + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_results(journal: Journal, output: Path, order: str = "input") -> tuple[int, int]:
+    """Write the results (every line with a result) and errors files; returns their line counts."""
+    results: list[bytes] = []
+    for row in journal.rows(order):
+        state = row.pop("state")
+        if state == "failed" and row["error"] is None:
+            row["error"] = f"HTTP {row['status']}"
+        results.append(orjson.dumps(row))
+    errors: list[bytes] = []
+    for row in journal.rows("input", ("failed", "bad")):
+        errors.append(
+            orjson.dumps(
+                {
+                    "custom_id": row["custom_id"]
+                    if row["state"] != "bad" or not row["custom_id"].startswith("bad-line-")
+                    else None,
+                    "line": row["line"],
+                    "status": row["status"],
+                    "error": row["error"] or f"HTTP {row['status']}",
+                    "response": row["response"],
+                }
+            )
+        )
+    _write(output, results)
+    _write(errors_path(output), errors)
+    return len(results), len(errors)
