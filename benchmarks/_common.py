@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import socket
 import subprocess
@@ -41,9 +42,12 @@ def free_port(host: str = HOST) -> int:
 class ServerProcess:
     """``argv`` (which must listen on ``port``) in a subprocess; ready once it answers HTTP."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int, host: str = HOST) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], port: int, host: str = HOST, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
+        self.env = env  # None: this process's environment
         self.host = host
         self.port = port
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; closed in __exit__
@@ -59,7 +63,9 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -121,7 +127,7 @@ def machine_busy_seconds() -> float | None:
 def hello_server(port: int, body_bytes: int = 600, chunks: int = 20, chunk_bytes: int = 260) -> ServerProcess:
     here = os.path.abspath(__file__)
     argv = [sys.executable, here, "hello", "--port", str(port), "--body-bytes", str(body_bytes),
-            "--chunks", str(chunks), "--chunk-bytes", str(chunk_bytes)]
+            "--chunks", str(chunks), "--chunk-bytes", str(chunk_bytes)]  # fmt: skip
     return ServerProcess("hello-world server", argv, port)
 
 
@@ -244,12 +250,18 @@ async def run_load(
     seconds: float,
     warmup: float,
     server_pid: int | None = None,
+    server_cpu_fn: Callable[[], float | None] | None = None,
 ) -> LoadResult:
     """Keep ``concurrency`` calls of ``request`` in flight; measure the ``seconds`` after ``warmup``.
 
     ``request`` raises on failure (counted as an error). Requests completing inside the window
-    count; their latencies give the percentiles.
+    count; their latencies give the percentiles. The server's CPU is ``server_cpu_fn()`` when given
+    (e.g. a process tree's), else that of ``server_pid``.
     """
+    read_cpu = server_cpu_fn
+    if read_cpu is None and server_pid:
+        read_cpu = functools.partial(process_cpu_seconds, server_pid)
+
     latencies: list[float] = []
     errors = 0
     first_error: str | None = None
@@ -272,14 +284,14 @@ async def run_load(
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup)
-    server_cpu0 = process_cpu_seconds(server_pid) if server_pid else None
+    server_cpu0 = read_cpu() if read_cpu else None
     machine0 = machine_busy_seconds()
     client_cpu0, t0 = time.process_time(), time.perf_counter()
     recording = True
     await asyncio.sleep(seconds)
     recording = False
     elapsed, client_cpu = time.perf_counter() - t0, time.process_time() - client_cpu0
-    server_cpu1 = process_cpu_seconds(server_pid) if server_pid else None
+    server_cpu1 = read_cpu() if read_cpu else None
     machine1 = machine_busy_seconds()
     stop = True
     await asyncio.gather(*workers, return_exceptions=True)
@@ -333,8 +345,190 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# -- an OpenAI-shaped fixed-reply upstream (for the gateway benchmarks) ---------------------------
+
+CHAT_MODEL = "gpt-4o-mini"
+_CHUNK_HEAD = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_bench","choices":['  # noqa: E501
+
+
+def _chunk_events(usage_null: bool) -> tuple[bytes, bytes, bytes]:
+    """The role event, one content event and the finish event of a chat stream, as OpenAI sends
+    them (with ``"usage":null`` on each when the caller asked for usage)."""
+    tail = b',"usage":null}\n\n' if usage_null else b"}\n\n"
+
+    def event(choice: bytes) -> bytes:
+        return b"data: " + _CHUNK_HEAD + choice + b"]" + tail
+
+    return (
+        event(
+            b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}'
+        ),
+        event(b'{"index":0,"delta":{"content":"tok "},"logprobs":null,"finish_reason":null}'),
+        event(b'{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}'),
+    )
+
+
+def openai_app(chunks: int = 20, gap_ms: float = 0.0, prompt_tokens: int = 14) -> ASGIApp:
+    """A raw ASGI app that answers every POST like ``/v1/chat/completions`` would, at no cost of
+    its own: a fixed ``chat.completion`` with ``usage``, or, when the request body has
+    ``"stream": true``, a ``chat.completion.chunk`` stream: a role event, N content events
+    (N = the request's ``max_tokens``, else ``chunks``), a finish event, a usage event when
+    ``stream_options.include_usage`` is set, then ``data: [DONE]``; one ASGI ``send`` per event,
+    ``gap_ms`` apart (so each event is its own TCP segment, as real token streams are)."""
+    import orjson
+
+    role_u, content_u, finish_u = _chunk_events(usage_null=True)
+    role, content, finish = _chunk_events(usage_null=False)
+    json_headers = [(b"content-type", b"application/json")]
+    sse_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+    gap = gap_ms / 1000
+
+    def usage(completion: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}  # fmt: skip
+
+    def plain(completion: int) -> bytes:
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": CHAT_MODEL,
+                "system_fingerprint": "fp_bench",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "tok " * completion, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage(completion),
+            }
+        )
+
+    plain_default = plain(chunks)
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        n = body.get("max_tokens") or body.get("max_completion_tokens") or chunks
+        n = max(1, min(int(n), 4096))
+        if not body.get("stream"):
+            reply = plain_default if n == chunks else plain(n)
+            headers = [*json_headers, (b"content-length", str(len(reply)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": reply})
+            return
+        with_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        first, middle, last = (role_u, content_u, finish_u) if with_usage else (role, content, finish)
+        await send({"type": "http.response.start", "status": 200, "headers": sse_headers})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        for _ in range(n):
+            if gap:
+                await asyncio.sleep(gap)
+            await send({"type": "http.response.body", "body": middle, "more_body": True})
+        await send({"type": "http.response.body", "body": last, "more_body": True})
+        if with_usage:
+            tail = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_bench","choices":[],"usage":'  # noqa: E501
+            event = b"data: " + tail + orjson.dumps(usage(n)) + b"}\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    return app
+
+
+def serve_openai(argv: Sequence[str]) -> None:
+    import uvicorn
+
+    from ferryman.mock.server import uvicorn_config
+
+    parser = argparse.ArgumentParser(prog="_common.py openai")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--gap-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    uvicorn.Server(uvicorn_config(openai_app(args.chunks, args.gap_ms), HOST, args.port)).run()
+
+
+def openai_server(port: int, chunks: int = 20, gap_ms: float = 0.0) -> ServerProcess:
+    """:func:`openai_app` in its own subprocess (uvloop + httptools, the mock's uvicorn options)."""
+    here = os.path.abspath(__file__)
+    argv = [sys.executable, here, "openai", "--port", str(port), "--chunks", str(chunks), "--gap-ms", str(gap_ms)]
+    return ServerProcess("OpenAI-shaped upstream", argv, port)
+
+
+# -- a process and its children: CPU and memory -----------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (Linux only; a server with worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of ``pid`` and its living descendants (Linux only)."""
+    total = [process_cpu_seconds(p) for p in process_tree(pid)]
+    known = [t for t in total if t is not None]
+    return sum(known) if known else None
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float | None:
+    """Resident memory of ``pid`` and its descendants in MiB (``VmHWM``: the peak; Linux only)."""
+    total = 0
+    found = False
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+                        found = True
+        except OSError:
+            continue
+    return round(total / 1024, 1) if found else None
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "hello":
         serve_hello(sys.argv[2:])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "openai":
+        serve_openai(sys.argv[2:])
     else:
         sys.exit("usage: python benchmarks/_common.py hello --port N [--body-bytes B] [--chunks K] [--chunk-bytes C]")
