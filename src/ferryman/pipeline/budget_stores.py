@@ -19,6 +19,7 @@ Amounts are rounded to 1e-10 USD: reservations up, settled costs to nearest.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
@@ -82,6 +83,7 @@ class SQLBudgetStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dialect = store.engine.dialect.name
+        self._local = threading.local()
 
     async def reserve(self, counters: list[Counter], amount: Decimal) -> Refusal | None:
         return await self.store.run(self._reserve, counters, amount)
@@ -95,6 +97,8 @@ class SQLBudgetStore:
     # -- blocking work, on the store's threads ----------------------------------------------------
 
     def _reserve(self, counters: list[Counter], amount: Decimal) -> Refusal | None:
+        if self.dialect == "sqlite":
+            return self._reserve_sqlite(counters, amount)
         t = counters_table
         now = time.time()
         try:
@@ -118,7 +122,56 @@ class SQLBudgetStore:
             return refused.refusal
         return None
 
+    # SQLite: the same statements as plain SQL (no statement building on every call: this runs
+    # twice per call on the store's one database thread). SQLite keeps the amounts as REAL.
+
+    def _sqlite(self) -> Any:
+        """This thread's own driver connection (the store runs SQLite work on one thread)."""
+        raw = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = self._local.raw = self.store.engine.raw_connection()
+        return raw
+
+    def _reserve_sqlite(self, counters: list[Counter], amount: Decimal) -> Refusal | None:
+        now, add = time.time(), float(amount)
+        raw = self._sqlite()
+        cursor = raw.cursor()
+        try:
+            for c in sorted(counters, key=lambda c: (c.scope, c.window)):
+                params = (add, now, c.scope, c.window, add, float(c.cap))
+                if cursor.execute(_SQLITE_RESERVE, params).rowcount == 1:
+                    continue
+                cursor.execute(_SQLITE_CREATE, (c.scope, c.window, now))
+                if cursor.execute(_SQLITE_RESERVE, params).rowcount == 1:
+                    continue
+                raw.rollback()
+                with self.store.engine.connect() as conn:
+                    return Refusal(c, *self._read(conn, c.scope, c.window))
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            cursor.close()
+        return None
+
+    def _settle_sqlite(self, counters: list[Counter], reserved: Decimal, spent: Decimal) -> None:
+        now = time.time()
+        raw = self._sqlite()
+        cursor = raw.cursor()
+        try:
+            for c in sorted(counters, key=lambda c: (c.scope, c.window)):
+                cursor.execute(_SQLITE_SETTLE, (float(reserved), float(spent), now, c.scope, c.window))
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            cursor.close()
+
     def _settle(self, counters: list[Counter], reserved: Decimal, spent: Decimal) -> None:
+        if self.dialect == "sqlite":
+            return self._settle_sqlite(counters, reserved, spent)
         t = counters_table
         left = t.c.reserved_usd - reserved
         with self.store.engine.begin() as conn:
@@ -169,6 +222,18 @@ class SQLBudgetStore:
             return ZERO, ZERO
         return Decimal(row[0] or 0).quantize(UNIT), Decimal(row[1] or 0).quantize(UNIT)
 
+
+_SQLITE_RESERVE = (
+    'UPDATE budget_counters SET reserved_usd = reserved_usd + ?, updated = ? WHERE scope = ? AND "window" = ?'
+    " AND spent_usd + reserved_usd + ? <= ?"
+)
+_SQLITE_CREATE = (
+    'INSERT OR IGNORE INTO budget_counters (scope, "window", spent_usd, reserved_usd, updated) VALUES (?, ?, 0, 0, ?)'
+)
+_SQLITE_SETTLE = (
+    "UPDATE budget_counters SET reserved_usd = MAX(reserved_usd - ?, 0), spent_usd = spent_usd + ?, updated = ?"
+    ' WHERE scope = ? AND "window" = ?'
+)
 
 # KEYS: the counters. ARGV: amount, then each counter's cap, then each counter's expiry (unix s).
 _RESERVE = """
