@@ -251,10 +251,14 @@ def _run_batch_api(
     concurrency: int,
     show: bool,
 ) -> None:
-    from ferryman.batch.batch_api import BatchAPIRunner
+    from ferryman.batch.batch_api import BatchAPIError, BatchAPIRunner
 
     runner = BatchAPIRunner(settings, journal, lines, poll_s=poll_s, progress=progress_bar(show), console=err)
-    runner.run_blocking(pending)
+    try:
+        runner.run_blocking(pending)
+    except BatchAPIError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
     if resubmit_failed_live:
         journal.retry_failed()
         again = [lines[i] for i in journal.pending_ids() if i in lines]
