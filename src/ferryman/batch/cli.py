@@ -64,6 +64,7 @@ def progress_bar(enabled: bool = True) -> Progress:
         console=err,
         disable=not enabled,
         transient=False,
+        speed_estimate_period=5,  # the ETA follows the paced rate, not the opening burst
     )
 
 

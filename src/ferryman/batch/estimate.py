@@ -57,7 +57,12 @@ def worst_case(line: Line, prices: PriceTable) -> tuple[int, int]:
     return prompt, output
 
 
+FREE_ENDPOINTS = ("/v1/moderations",)  # OpenAI does not charge for moderations
+
+
 def line_cost(line: Line, prices: PriceTable, tier: str = "") -> Decimal | None:
+    if line.url in FREE_ENDPOINTS:
+        return Decimal(0)
     prompt, output = worst_case(line, prices)
     return prices.cost_usd(line.body["model"], {"prompt_tokens": prompt, "completion_tokens": output}, tier=tier)
 
@@ -76,8 +81,9 @@ def estimate(items: Iterable[Line | BadLine], prices: PriceTable) -> Estimate:
         entry.prompt_tokens += prompt
         entry.output_tokens += output
         usage = {"prompt_tokens": prompt, "completion_tokens": output}
-        live = prices.cost_usd(model, usage)
-        batch = prices.cost_usd(model, usage, tier="batches")
+        free = item.url in FREE_ENDPOINTS
+        live = Decimal(0) if free else prices.cost_usd(model, usage)
+        batch = Decimal(0) if free else prices.cost_usd(model, usage, tier="batches")
         if live is None or batch is None:
             entry.unpriced += 1
             continue

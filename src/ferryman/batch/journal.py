@@ -134,13 +134,20 @@ class Journal:
     # -- lines ----------------------------------------------------------------------------------
 
     def add(self, items: Iterable[Line | BadLine]) -> None:
-        """Record the input's lines (those already known keep their state)."""
+        """Record the input's lines (those already known keep their state).
+
+        A bad line is kept under its ``custom_id`` unless a runnable line or an earlier bad line
+        has that id (a repeated id, say): then under ``bad-line-N``, so it never hides another."""
+        items = list(items)
+        taken = {item.custom_id for item in items if isinstance(item, Line)}
         rows: list[tuple[Any, ...]] = []
         for item in items:
             if isinstance(item, Line):
                 rows.append((item.custom_id, item.number, item.url, "pending", None))
             else:
-                rows.append((item.custom_id or f"bad-line-{item.number}", item.number, None, "bad", item.reason))
+                key = item.custom_id if item.custom_id and item.custom_id not in taken else f"bad-line-{item.number}"
+                taken.add(key)
+                rows.append((key, item.number, None, "bad", item.reason))
         self.db.execute("BEGIN")
         try:
             self.db.executemany(
@@ -176,7 +183,7 @@ class Journal:
                 result.attempts,
                 result.input_tokens,
                 result.output_tokens,
-                str(result.cost_usd),
+                format(result.cost_usd, "f"),  # a plain decimal, never 2E-8
                 result.via,
                 time.time(),
                 self._seq,
