@@ -28,6 +28,7 @@ from ferryman.batch.estimate import line_cost
 from ferryman.batch.inputs import Line
 from ferryman.batch.journal import Journal, Result
 from ferryman.exchange import Exchange, Reply
+from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Pipeline
 from ferryman.pricing import PriceTable
 
@@ -76,10 +77,12 @@ def error_of(status: int, body: Any) -> str:
 
 
 def result_of(line: Line, exchange: Exchange, reply: Reply) -> Result:
-    try:
-        body = orjson.loads(reply.body) if reply.body else None
-    except orjson.JSONDecodeError:
-        body = {"raw": reply.body.decode("utf-8", errors="replace")[:2000]}
+    seen, body = parsed_reply(exchange, reply.body)  # the account stage parsed it already, usually
+    if not seen:
+        try:
+            body = orjson.loads(reply.body) if reply.body else None
+        except orjson.JSONDecodeError:
+            body = {"raw": reply.body.decode("utf-8", errors="replace")[:2000]}
     usage = exchange.usage
     if usage is None and isinstance(body, dict):
         usage = body.get("usage")

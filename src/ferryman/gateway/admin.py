@@ -315,7 +315,7 @@ class AdminAPI:
             rows = c.execute(select(audit.c.ts, audit.c.cost_usd).where(audit.c.ts >= since)).all()
             return {"model": grouped(audit.c.model), "key": grouped(audit.c.principal), "ts": list(rows)}
 
-        found = await self.gateway.store.run(_reading(self.gateway, read))
+        found = await self.gateway.store.read(read)
         by_day: dict[str, list[Any]] = {}
         for ts, cost in found["ts"]:
             day = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
@@ -368,7 +368,7 @@ class AdminAPI:
         def read(c: Connection) -> list[Any]:
             return list(c.execute(select(*columns).order_by(audit.c.seq.desc()).limit(limit)).all())
 
-        rows = await self.gateway.store.run(_reading(self.gateway, read))
+        rows = await self.gateway.store.read(read)
         data = []
         for r in rows:
             # plain str keys: SQLAlchemy's are quoted_name (a str subclass), which orjson refuses
@@ -391,7 +391,7 @@ class AdminAPI:
             ).where(audit.c.ts >= since)
             return c.execute(query).one()
 
-        row = await self.gateway.store.run(_reading(self.gateway, read))
+        row = await self.gateway.store.read(read)
         calls = int(row.calls)
         return json_response(
             {
@@ -405,11 +405,3 @@ class AdminAPI:
                 "open_streams": self.gateway.proxy.open_streams,
             }
         )
-
-
-def _reading(gateway: Gateway, fn: Callable[[Connection], Any]) -> Callable[[], Any]:
-    def run() -> Any:
-        with gateway.store.engine.connect() as conn:
-            return fn(conn)
-
-    return run

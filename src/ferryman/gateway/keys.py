@@ -208,7 +208,7 @@ class KeyStore:
                 if exists is None:
                     conn.execute(insert(teams).values(name=values["team"], created=now))
 
-        await self._write(write)
+        await self.store.write(write)
         record = await self.get(str(values["id"]))
         return secret, record
 
@@ -260,7 +260,7 @@ class KeyStore:
             else:
                 conn.execute(update(teams).where(teams.c.name == name).values(**values))
 
-        await self._write(write)
+        await self.store.write(write)
         team = await self.team(name)
         assert team is not None
         return team
@@ -269,7 +269,7 @@ class KeyStore:
         def write(conn: Connection) -> int:
             return conn.execute(delete(teams).where(teams.c.name == name)).rowcount
 
-        return bool(await self._write(write))
+        return bool(await self.store.write(write))
 
     async def _update(self, key_id: str, only_live: bool = False, **values: Any) -> bool:
         def write(conn: Connection) -> int:
@@ -278,26 +278,13 @@ class KeyStore:
                 query = query.where(virtual_keys.c.revoked.is_(None))
             return conn.execute(query.values(**values)).rowcount
 
-        return bool(await self._write(write))
-
-    async def _write(self, fn: Callable[[Connection], Any]) -> Any:
-        def run() -> Any:
-            with self.store.engine.begin() as conn:
-                return fn(conn)
-
-        return await self.store.run(run)
-
-    async def _read(self, fn: Callable[[Connection], Any]) -> Any:
-        def run() -> Any:
-            with self.store.engine.connect() as conn:
-                return fn(conn)
-
-        return await self.store.run(run)
+        return bool(await self.store.write(write))
 
     # -- reading ------------------------------------------------------------------------------
 
     async def get(self, key_id: str) -> KeyRecord:
-        row = await self._read(lambda c: c.execute(select(virtual_keys).where(virtual_keys.c.id == key_id)).first())
+        query = select(virtual_keys).where(virtual_keys.c.id == key_id)
+        row = await self.store.read(lambda c: c.execute(query).first())
         if row is None:
             raise KeyError_(key_id)
         return _key(row)
@@ -313,7 +300,7 @@ class KeyStore:
             query = select(virtual_keys).where(virtual_keys.c.name == key_id_or_name)
             return list(c.execute(query.order_by(virtual_keys.c.created.desc())).all())
 
-        rows = await self._read(read)
+        rows = await self.store.read(read)
         live = [r for r in rows if r._mapping["revoked"] is None] or rows
         if len(live) != 1:
             raise KeyError_(key_id_or_name)
@@ -326,14 +313,14 @@ class KeyStore:
                 query = query.where(virtual_keys.c.revoked.is_(None))
             return list(c.execute(query).all())
 
-        return [_key(row) for row in await self._read(read)]
+        return [_key(row) for row in await self.store.read(read)]
 
     async def team(self, name: str) -> TeamRecord | None:
-        row = await self._read(lambda c: c.execute(select(teams).where(teams.c.name == name)).first())
+        row = await self.store.read(lambda c: c.execute(select(teams).where(teams.c.name == name)).first())
         return _team(row) if row is not None else None
 
     async def teams(self) -> list[TeamRecord]:
-        rows = await self._read(lambda c: list(c.execute(select(teams).order_by(teams.c.name)).all()))
+        rows = await self.store.read(lambda c: list(c.execute(select(teams).order_by(teams.c.name)).all()))
         return [_team(row) for row in rows]
 
     async def authenticate(self, secret: str) -> tuple[KeyRecord, TeamRecord | None] | None:
@@ -349,7 +336,7 @@ class KeyStore:
                 team = c.execute(select(teams).where(teams.c.name == row._mapping["team"])).first()
             return row, team
 
-        found = await self._read(read)
+        found = await self.store.read(read)
         if found is None:
             hmac.compare_digest(presented, "0" * 64)  # the same work whether or not a key matched
             return None
@@ -375,7 +362,7 @@ class KeyStore:
             return list(c.execute(query).all())
 
         out: dict[str, dict[str, Any]] = {}
-        for row in await self._read(read):
+        for row in await self.store.read(read):
             m = row._mapping
             out[m["principal"]] = {
                 "calls": int(m["calls"]),

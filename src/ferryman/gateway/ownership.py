@@ -25,6 +25,7 @@ from sqlalchemy import Connection, insert, select
 
 from ferryman.errors import OpenAIError
 from ferryman.exchange import Exchange, Reply
+from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.retry import FERRYMAN_MADE
 from ferryman.sse import SSEDecoder
@@ -120,7 +121,7 @@ class Ownership:
             row = c.execute(select(owned_objects.c.owner).where(owned_objects.c.id == object_id)).first()
             return row[0] if row is not None else None
 
-        owner = await self._read(read)
+        owner = await self.store.read(read)
         if owner is not None:
             self._remember(object_id, owner)
         return owner
@@ -140,13 +141,9 @@ class Ownership:
             if rows:
                 c.execute(insert(owned_objects), rows)
 
-        def run() -> None:
-            with self.store.engine.begin() as conn:
-                write(conn)
-
-        await self.store.run(run)
+        await self.store.write(write)
         for object_id, _ in fresh:
-            self._remember(object_id, owner) if object_id not in self._known else None
+            self._remember(object_id, owner)
 
     async def own_among(self, ids: list[str], owner: str) -> set[str]:
         if not ids:
@@ -156,15 +153,8 @@ class Ownership:
             query = select(owned_objects.c.id).where(owned_objects.c.owner == owner, owned_objects.c.id.in_(ids))
             return set(c.execute(query).scalars())
 
-        result: set[str] = await self._read(read)
+        result: set[str] = await self.store.read(read)
         return result
-
-    async def _read(self, fn: Callable[[Connection], Any]) -> Any:
-        def run() -> Any:
-            with self.store.engine.connect() as conn:
-                return fn(conn)
-
-        return await self.store.run(run)
 
     def _remember(self, object_id: str, owner: str) -> None:
         if len(self._known) >= _CACHE_MAX:
@@ -214,7 +204,9 @@ class Ownership:
         return reply
 
     async def _after(self, exchange: Exchange, reply: Reply, owner: str, target: tuple[str, str | None] | None) -> None:
-        body = reply.json()
+        seen, body = parsed_reply(exchange, reply.body)  # the account stage's parse, when it made one
+        if not seen:
+            body = reply.json()
         if not isinstance(body, dict):
             return
         collection = target[0] if target is not None else "responses"
@@ -225,6 +217,7 @@ class Ownership:
                 return
             ids = [item.get("id") for item in body["data"] if isinstance(item, dict)]
             mine = await self.own_among([i for i in ids if isinstance(i, str)], owner)
+            body = dict(body)  # a copy: the parse may be shared with other stages
             body["data"] = [item for item in body["data"] if isinstance(item, dict) and item.get("id") in mine]
             if body["data"]:
                 body["first_id"] = body["data"][0].get("id", body.get("first_id"))

@@ -7,14 +7,12 @@ first. Its access log is off: the gateway writes its own, without secrets.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 import uvicorn
 
 from ferryman.gateway.app import Gateway
-from ferryman.mock.server import free_port
+from ferryman.mock.server import BackgroundServer, free_port
 
 
 def uvicorn_config(gateway: Gateway, host: str, port: int, **overrides: Any) -> uvicorn.Config:
@@ -48,50 +46,14 @@ def serve(gateway: Gateway, host: str, port: int, **overrides: Any) -> None:
     uvicorn.Server(uvicorn_config(gateway, host, port, **overrides)).run()
 
 
-class BackgroundGateway:
-    """A gateway on a free loopback port, on its own thread and event loop (for tests)."""
+class BackgroundGateway(BackgroundServer):
+    """A gateway on a free loopback port, on its own thread and event loop (for tests);
+    ``call(coroutine)`` runs e.g. ``gateway.keys.create(...)`` on that loop."""
+
+    name = "gateway"
 
     def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int | None = None) -> None:
+        port = port or free_port(host)
+        config = uvicorn_config(gateway, host, port, timeout_graceful_shutdown=5, loop="asyncio")
+        super().__init__(gateway, host, port, config)
         self.gateway = gateway
-        self.host = host
-        self.port = port or free_port(host)
-        self._server = uvicorn.Server(uvicorn_config(gateway, self.host, self.port, timeout_graceful_shutdown=5))
-        self._thread = threading.Thread(target=self._run, name=f"ferryman-gateway-{self.port}", daemon=True)
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    def _run(self) -> None:
-        import uvloop
-
-        self.loop = uvloop.new_event_loop()
-        self.loop.run_until_complete(self._server.serve())
-
-    def start(self) -> BackgroundGateway:
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the gateway failed to start")
-            self._thread.join(0.01)
-        return self
-
-    def call(self, coroutine: Any, timeout: float = 30) -> Any:
-        """Run a coroutine on the gateway's loop (e.g. ``gateway.keys.create(...)``) and wait."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(15)
-
-    def __enter__(self) -> BackgroundGateway:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -38,14 +38,24 @@ def serve(app: MockApp, host: str = "127.0.0.1", port: int = 8000, **overrides: 
 
 
 class BackgroundServer:
-    """The mock on a free loopback port, on its own thread and event loop."""
+    """An ASGI app (by default the mock) on a free loopback port, on its own thread and event loop."""
 
-    def __init__(self, app: MockApp | None = None, host: str = "127.0.0.1", port: int | None = None) -> None:
+    name = "mock"
+
+    def __init__(
+        self,
+        app: Any = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        config: Any = None,
+    ) -> None:
         self.app = app or MockApp()
         self.host = host
         self.port = port or free_port(host)
-        self._server = uvicorn.Server(uvicorn_config(self.app, self.host, self.port))
-        self._thread = threading.Thread(target=self._run, name=f"ferryman-mock-{self.port}", daemon=True)
+        config = config or uvicorn_config(self.app, self.host, self.port)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name=f"ferryman-{self.name}-{self.port}", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def base_url(self) -> str:
@@ -56,19 +66,28 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def _run(self) -> None:
-        asyncio.run(self._server.serve())
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self._server.serve()
+
+    def call(self, coroutine: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def start(self) -> BackgroundServer:
         self._thread.start()
         while not self._server.started:
             if not self._thread.is_alive():
-                raise RuntimeError("the mock server failed to start")
+                raise RuntimeError(f"the {self.name} server failed to start")
             self._thread.join(0.01)
         return self
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(10)
+        self._thread.join(15)
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 
 from ferryman.config import Settings
 
@@ -67,6 +67,24 @@ class Store:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(connection)`` on the store's threads, outside a transaction."""
+
+        def work() -> T:
+            with self.engine.connect() as conn:
+                return fn(conn)
+
+        return await self.run(work)
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(connection)`` on the store's threads, in one transaction (committed on return)."""
+
+        def work() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return await self.run(work)
 
     def redis(self) -> Any:
         """A ``redis.asyncio.Redis`` for this process, or None when no Redis is configured."""
