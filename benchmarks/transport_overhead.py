@@ -27,13 +27,13 @@ only when the mock fails to start.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,11 @@ def mock_server(port: int) -> ServerProcess:
     return ServerProcess("ferryman mock", argv, port)
 
 
-def plain_client(base_url: str) -> Any:
+def plain_client(base_url: str, kind: str = "sync") -> Any:
     import openai
 
-    return openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    make = openai.AsyncOpenAI if kind == "async" else openai.OpenAI
+    return make(base_url=base_url, api_key=KEY, max_retries=0)
 
 
 def overrides(pairs: list[str]) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def overrides(pairs: list[str]) -> dict[str, Any]:
     return tree
 
 
-def ferryman_client(base_url: str, folder: Path, extra: dict[str, Any] | None = None) -> Any:
+def ferryman_client(base_url: str, folder: Path, extra: dict[str, Any] | None = None, kind: str = "sync") -> Any:
     import ferryman
     from ferryman.config import Settings
 
@@ -90,7 +91,8 @@ def ferryman_client(base_url: str, folder: Path, extra: dict[str, Any] | None = 
             **(extra or {}),
         }
     )
-    return ferryman.OpenAI(ferryman={"settings": settings}, api_key="ferryman-managed")
+    make = ferryman.AsyncOpenAI if kind == "async" else ferryman.OpenAI
+    return make(ferryman={"settings": settings}, api_key="ferryman-managed")
 
 
 def call(client: Any, stream: bool) -> None:
@@ -104,15 +106,48 @@ def call(client: Any, stream: bool) -> None:
             raise RuntimeError("a reply without choices")
 
 
-def measure(client: Any, stream: bool, calls: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        call(client, stream)
+async def acall(client: Any, stream: bool) -> None:
+    if stream:
+        chunks = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=32, stream=True
+        )
+        if sum([1 async for _ in chunks]) == 0:
+            raise RuntimeError("an empty stream")
+    else:
+        reply = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=32)
+        if not reply.choices:
+            raise RuntimeError("a reply without choices")
+
+
+def measure(
+    client: Any, stream: bool, calls: int, warmup: int, runner: asyncio.Runner | None = None
+) -> dict[str, float]:
+    """CPU and wall time per call; an async client's calls run one after another on ``runner``."""
+    if runner is not None:
+
+        async def calls_of(n: int) -> None:
+            for _ in range(n):
+                await acall(client, stream)
+
+        def send(n: int) -> None:
+            runner.run(calls_of(n))
+    else:
+
+        def send(n: int) -> None:
+            for _ in range(n):
+                call(client, stream)
+
+    send(warmup)
     gc.collect()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for _ in range(calls):
-        call(client, stream)
+    send(calls)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return {"cpu_us": 1e6 * cpu / calls, "wall_us": 1e6 * wall / calls}
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def best(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -120,32 +155,48 @@ def best(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(base_url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    clients: dict[str, Callable[[], Any]] = {
-        "plain": lambda: plain_client(base_url),
-        "ferryman": lambda: ferryman_client(base_url, folder, overrides(args.set)),
-    }
-    made = {name: make() for name, make in clients.items()}
+    """Every (api, client, plain/stream) configuration, rounds interleaved."""
     results: dict[str, list[dict[str, float]]] = {}
-    try:
-        for stream in (False, True):
-            for i in range(args.rounds):
-                order = list(made) if i % 2 == 0 else list(reversed(made))
-                for name in order:
-                    label = f"{name} ({'stream' if stream else 'plain'})"
-                    results.setdefault(label, []).append(measure(made[name], stream, args.calls, args.warmup))
-    finally:
-        for client in made.values():
-            client.close()
+    for api in args.api:
+        runner = asyncio.Runner() if api == "async" else None  # the default asyncio loop, as an app has
+        made = {
+            "plain": plain_client(base_url, api),
+            "ferryman": ferryman_client(base_url, _folder(folder / api), overrides(args.set), api),
+        }
+        try:
+            for stream in (False, True):
+                for i in range(args.rounds):
+                    order = list(made) if i % 2 == 0 else list(reversed(made))
+                    for name in order:
+                        label = f"{api} {name} ({'stream' if stream else 'plain'})"
+                        result = measure(made[name], stream, args.calls, args.warmup, runner)
+                        results.setdefault(label, []).append(result)
+        finally:
+            for client in made.values():
+                if runner is not None:
+                    runner.run(client.close())
+                else:
+                    client.close()
+            if runner is not None:
+                runner.close()
     return {label: {"best": best(rounds), "rounds": rounds} for label, rounds in results.items()}
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     ratios = {}
-    for kind in ("plain", "stream"):
-        plain, through = results[f"plain ({kind})"]["best"], results[f"ferryman ({kind})"]["best"]
-        ratios[kind] = round(through["cpu_us"] / plain["cpu_us"], 3)
+    for api in args.api:
+        for kind in ("plain", "stream"):
+            plain, through = results[f"{api} plain ({kind})"]["best"], results[f"{api} ferryman ({kind})"]["best"]
+            ratios[f"{api} {kind}"] = round(through["cpu_us"] / plain["cpu_us"], 3)
     return {
-        "config": {"calls": args.calls, "warmup": args.warmup, "rounds": args.rounds, "goal": GOAL, "set": args.set},
+        "config": {
+            "calls": args.calls,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "goal": GOAL,
+            "set": args.set,
+            "api": args.api,
+        },
         "results": results,
         "ratios": ratios,
         "goal_met": {kind: ratio <= GOAL for kind, ratio in ratios.items()},
@@ -162,7 +213,7 @@ def print_text(data: dict[str, Any]) -> None:
     print()
     for kind, ratio in data["ratios"].items():
         verdict = "GOAL MET" if data["goal_met"][kind] else "GOAL MISSED"
-        print(f"{kind:6s} ferryman / plain SDK CPU per call: {ratio:.3f}x (goal <= {GOAL}x) -> {verdict}")
+        print(f"{kind:12s} ferryman / plain SDK CPU per call: {ratio:.3f}x (goal <= {GOAL}x) -> {verdict}")
 
 
 def main() -> int:
@@ -172,9 +223,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration; the best counts (default 3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
+        "--api",
+        action="append",
+        choices=["sync", "async"],
+        help="the SDK's sync client (openai.OpenAI), its async one (openai.AsyncOpenAI), or both (the default)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a ferryman setting, e.g. audit.enabled=false"
     )
     args = parser.parse_args()
+    args.api = args.api or ["sync", "async"]
     try:
         mock = mock_server(free_port()).start()
     except RuntimeError as error:

@@ -71,6 +71,7 @@ class Deployment:
         self.port = parts.port or (443 if self.scheme == "https" else 80)
         self.host_header = parts.netloc.rpartition("@")[2]
         self.base_path = parts.path.rstrip("/")
+        self._serves: dict[str, bool] = {}
         self.sender: Sender
         if transport is None and self.scheme in ("http", "https") and not _proxied(settings.base_url):
             self.sender = PooledSender(settings)
@@ -83,7 +84,13 @@ class Deployment:
     def serves(self, model: str | None) -> bool:
         if model is None:
             return True
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.settings.models)
+        known = self._serves.get(model)
+        if known is None:
+            known = any(fnmatch.fnmatchcase(model, pattern) for pattern in self.settings.models)
+            if len(self._serves) >= 4096:  # model names come from callers: keep the memory bounded
+                self._serves.clear()
+            self._serves[model] = known
+        return known
 
     def target(self, exchange: Exchange) -> str:
         """The path and query to request, below the host."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from typing import Any
 
@@ -22,6 +23,11 @@ def endpoint_route(endpoint: Any) -> str | None:
     "https://host/v1/chat/completions?x=1" -> "/chat/completions"), or None."""
     if not isinstance(endpoint, str):
         return None
+    return _route_of(endpoint) if len(endpoint) <= 256 else _route_of.__wrapped__(endpoint)
+
+
+@functools.lru_cache(maxsize=512)  # a process sees few distinct paths
+def _route_of(endpoint: str) -> str | None:
     try:
         path = urllib.parse.urlsplit(endpoint.strip()).path.rstrip("/")
     except ValueError:  # e.g. an unbalanced "[" in the host part
