@@ -150,6 +150,7 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
             raise httpcore2.ConnectError(str(error)) from error
         if transport is None:
             raise httpcore2.ConnectError("the connection closed during the TLS handshake")
+        self._protocol.transport = transport  # flow control on the TLS layer from now on
         return AsyncioStream(transport, self._protocol)
 
     def get_extra_info(self, info: str) -> Any:

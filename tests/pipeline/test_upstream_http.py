@@ -89,6 +89,9 @@ def test_tls_upstream_plain_and_streamed(
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # About 4 MB over TLS: reading pauses and resumes on the TLS layer many times on the way.
+    embedded = client.embeddings.create(model="text-embedding-3-large", input=[f"line {i}" for i in range(64)])
+    assert len(embedded.data) == 64 and all(len(item.embedding) == 3072 for item in embedded.data)
 
 
 def test_tls_upstream_with_an_untrusted_certificate_is_a_connection_error(
@@ -246,3 +249,38 @@ def test_azure_targets_keep_the_base_path_and_api_version() -> None:
     exchange = Exchange.build("POST", "/chat/completions", {}, json.dumps({"model": MODEL}).encode(), query="x=1")
     assert deployment.target(exchange) == "/openai/deployments/mini-prod/chat/completions?x=1&api-version=2025-01-01"
     assert deployment.url(exchange) == "https://example.openai.azure.com" + deployment.target(exchange)
+
+
+async def test_the_socket_reader_pauses_when_nobody_reads_and_resumes() -> None:
+    """``ferryman.netio``'s own flow control: past READ_HIGH_WATER unread bytes the socket is not
+    read, and reading the buffer down resumes it; every byte arrives, in order."""
+    import asyncio
+
+    from ferryman.netio import READ_HIGH_WATER, AsyncioBackend
+
+    payload = bytes(range(256)) * (4 * READ_HIGH_WATER // 256)
+    sent = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)
+        await writer.drain()
+        sent.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    protocol = stream._protocol  # type: ignore[attr-defined]
+    deadline = asyncio.get_running_loop().time() + 10
+    while not protocol.paused_reading:  # the peer writes while nothing is read: wait for the pause
+        assert asyncio.get_running_loop().time() < deadline, "the reader never paused"
+        await asyncio.sleep(0.001)
+    assert len(protocol.buffer) <= READ_HIGH_WATER + 256 * 1024
+    received = bytearray()
+    while chunk := await stream.read(65536, timeout=5):
+        received += chunk
+    await asyncio.wait_for(sent.wait(), 5)
+    assert bytes(received) == payload and not protocol.paused_reading
+    await stream.aclose()
+    server.close()
+    await server.wait_closed()
