@@ -5,41 +5,42 @@ paths and ``api-version``, or any OpenAI-compatible base URL), with its keys (ta
 and its connection pools. :class:`Upstream` sends an exchange to the deployment the routing
 stage chose and returns the reply, streamed when the upstream streams.
 
-Calls go straight to httpcore2 connection pools (the engine under httpx2) on the asyncio
-backend of :mod:`ferryman.netio`: the pipeline already holds the method, headers and body that
-httpx2's client would rebuild and validate, which cost as much CPU as the rest of a call's
-stages. A deployment reached through a proxy (``HTTPS_PROXY`` and friends), or given an httpx2
-transport (tests), goes through an ``httpx2.AsyncClient`` instead. Either way, failures are
-httpx2's exceptions (``httpx2.ConnectError``, ``httpx2.ReadTimeout``...).
+Calls go through an ``aiohttp`` client session: asyncio-native with a C HTTP parser, it costs
+about a third of the CPU per request of ``httpx2.AsyncClient`` on anyio (which rebuilds and
+validates URL and header models and wraps every read in a cancel scope), and the upstream call
+is the largest single cost of a call through the pipeline. A deployment reached through a proxy
+(``HTTPS_PROXY`` and friends), or given an httpx2 transport (tests), goes through an
+``httpx2.AsyncClient`` instead. Either way, failures are httpx2's exceptions
+(``httpx2.ConnectError``, ``httpx2.ReadTimeout``...), which the stages know.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import itertools
 import time
 import urllib.request
-import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import httpcore2
+import aiohttp
 import httpx2
 
 from ferryman.config import DeploymentSettings, Settings
 from ferryman.exchange import Exchange, Reply
-from ferryman.netio import AsyncioBackend
 from ferryman.secrets import Secret, resolve_optional
 
-_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-# Several small connection pools, used in turn: httpcore's pool looks at every one of its
-# connections whenever a request starts or ends, so one big pool costs O(connections) per
-# request at high concurrency (a fifth of the gateway's CPU at 64 in flight).
+MAX_CONNECTIONS = 1000  # per deployment (and event loop)
+KEEPALIVE_S = 30.0
+_LIMITS = httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=200, keepalive_expiry=KEEPALIVE_S)
+# httpx2 clients (proxies only) come as several small pools used in turn: httpcore's pool looks at
+# every one of its connections whenever a request starts or ends, so one big pool costs
+# O(connections) per request at high concurrency.
 POOL_SHARDS = 8
-_SHARD_LIMITS = httpx2.Limits(max_connections=125, max_keepalive_connections=25, keepalive_expiry=30)
-ACCEPT_ENCODING = b"gzip, deflate"
+_SHARD_LIMITS = httpx2.Limits(max_connections=125, max_keepalive_connections=25, keepalive_expiry=KEEPALIVE_S)
 
 
 class Answer(Protocol):
@@ -74,7 +75,7 @@ class Deployment:
         self._serves: dict[str, bool] = {}
         self.sender: Sender
         if transport is None and self.scheme in ("http", "https") and not _proxied(settings.base_url):
-            self.sender = PooledSender(settings)
+            self.sender = SessionSender(settings)
         else:
             self.sender = ClientSender(settings, transport)
 
@@ -134,25 +135,23 @@ def _proxied(url: str) -> bool:
     return not urllib.request.proxy_bypass(host)
 
 
-# -- httpcore2 pools ----------------------------------------------------------------------------
+# -- aiohttp ------------------------------------------------------------------------------------
 
-# httpcore2's exceptions become httpx2's of the same name, which the stages know.
-_ERRORS: dict[type[Exception], type[httpx2.HTTPError]] = {
-    httpcore2.ConnectTimeout: httpx2.ConnectTimeout,
-    httpcore2.ReadTimeout: httpx2.ReadTimeout,
-    httpcore2.WriteTimeout: httpx2.WriteTimeout,
-    httpcore2.PoolTimeout: httpx2.PoolTimeout,
-    httpcore2.TimeoutException: httpx2.TimeoutException,
-    httpcore2.ConnectError: httpx2.ConnectError,
-    httpcore2.ReadError: httpx2.ReadError,
-    httpcore2.WriteError: httpx2.WriteError,
-    httpcore2.NetworkError: httpx2.NetworkError,
-    httpcore2.RemoteProtocolError: httpx2.RemoteProtocolError,
-    httpcore2.LocalProtocolError: httpx2.LocalProtocolError,
-    httpcore2.ProtocolError: httpx2.ProtocolError,
-    httpcore2.ProxyError: httpx2.ProxyError,
-    httpcore2.UnsupportedProtocol: httpx2.UnsupportedProtocol,
-}
+
+def _httpx2_error(error: BaseException) -> httpx2.HTTPError | None:
+    """aiohttp's failure as the httpx2 exception the stages know (None: not a transport failure)."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return httpx2.ConnectTimeout(message)
+    if isinstance(error, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+        return httpx2.ReadTimeout(message)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return httpx2.ConnectError(message)
+    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx2.RemoteProtocolError(message)
+    if isinstance(error, aiohttp.ClientError):
+        return httpx2.ReadError(message)
+    return None
 
 
 @contextlib.contextmanager
@@ -160,117 +159,88 @@ def _as_httpx2() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        for kind in type(error).__mro__:
-            mapped = _ERRORS.get(kind)
-            if mapped is not None:
-                raise mapped(str(error)) from error
-        raise
+        mapped = _httpx2_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
 
 
-class _Decoder:
-    """``content-encoding: gzip`` or ``deflate``, decoded chunk by chunk."""
-
-    def __init__(self, encoding: str) -> None:
-        self.gzip = encoding == "gzip"
-        self.inflate = zlib.decompressobj(zlib.MAX_WBITS | 16 if self.gzip else zlib.MAX_WBITS)
-        self.started = False
-
-    def __call__(self, data: bytes) -> bytes:
-        try:
-            out = self.inflate.decompress(data)
-        except zlib.error as error:
-            if self.gzip or self.started:
-                kind = "gzip" if self.gzip else "deflate"
-                raise httpx2.DecodingError(f"the upstream sent a broken {kind} body") from error
-            self.inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate without the zlib header
-            out = self.inflate.decompress(data)
-        self.started = True
-        return out
-
-    def flush(self) -> bytes:
-        return self.inflate.flush()
-
-
-class PooledAnswer:
-    def __init__(self, response: httpcore2.Response) -> None:
+class SessionAnswer:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.status = response.status
         headers: dict[str, str] = {}
-        for raw_name, raw_value in response.headers:
+        for raw_name, raw_value in response.raw_headers:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self.headers = headers
-        encoding = headers.get("content-encoding", "").strip().lower()
-        self.decoder = _Decoder(encoding) if encoding in ("gzip", "deflate") else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        stream = cast(AsyncIterable[bytes], self.response.stream)
-        decoder = self.decoder
+        """The body (decompressed) as it arrives, one piece per HTTP chunk the upstream sent (a
+        stream's events as the upstream grouped them, however the network batched the bytes)."""
         with _as_httpx2():
-            async for chunk in stream:
-                if decoder is not None:
-                    chunk = decoder(chunk)
-                if chunk:
-                    yield chunk
-            if decoder is not None and (rest := decoder.flush()):
-                yield rest
+            async for data, _end_of_chunk in self.response.content.iter_chunks():
+                if data:
+                    yield data
 
     async def aclose(self) -> None:
-        with _as_httpx2():
-            await self.response.aclose()
+        if self.response.content.at_eof():
+            self.response.release()  # the connection goes back to the pool
+        else:
+            self.response.close()  # a body left unread (an abandoned stream): the upstream stops
 
 
-class PooledSender:
-    """Requests straight to httpcore2 connection pools on asyncio sockets."""
+class SessionSender:
+    """Requests through an ``aiohttp.ClientSession``: asyncio-native, with a C HTTP parser (about a
+    third of httpx2's CPU per request here, see ``benchmarks/README.md``). One session per event
+    loop that uses the deployment (a session belongs to the loop it was made on)."""
 
     def __init__(self, settings: DeploymentSettings) -> None:
-        ssl_context = httpx2.create_ssl_context() if settings.base_url.lower().startswith("https") else None
-        self.pools = [
-            httpcore2.AsyncConnectionPool(
-                ssl_context=ssl_context,
-                max_connections=_SHARD_LIMITS.max_connections,
-                max_keepalive_connections=_SHARD_LIMITS.max_keepalive_connections,
-                keepalive_expiry=_SHARD_LIMITS.keepalive_expiry,
-                network_backend=AsyncioBackend(),
-            )
-            for _ in range(POOL_SHARDS)
-        ]
-        self._next_pool = itertools.cycle(self.pools)
-        self.timeout = {
-            "connect": settings.connect_timeout_s,
-            "read": settings.timeout_s,
-            "write": settings.timeout_s,
-            "pool": settings.timeout_s,
-        }
-
-    async def send(self, exchange: Exchange, deployment: Deployment) -> PooledAnswer:
-        body = exchange.body
-        headers = [(b"host", deployment.host_header.encode("ascii"))]
-        for name, value in deployment.headers(exchange).items():
-            headers.append((name.encode("latin-1"), value.encode("utf-8")))
-        headers.append((b"accept-encoding", ACCEPT_ENCODING))
-        if body or exchange.method in ("POST", "PUT", "PATCH"):
-            headers.append((b"content-length", str(len(body)).encode("ascii")))
-        request = httpcore2.Request(
-            exchange.method.encode("ascii"),
-            httpcore2.URL(
-                scheme=deployment.scheme.encode("ascii"),
-                host=deployment.host.encode("idna"),
-                port=deployment.port,
-                target=deployment.target(exchange).encode("utf-8"),
-            ),
-            headers=headers,
-            content=body,
-            extensions={"timeout": self.timeout},
+        self.settings = settings
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.timeout_s,  # waiting for a free connection, and connecting
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.timeout_s,  # between two reads, as httpx2's read timeout
         )
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            for old in [other for other in self._sessions if other.is_closed()]:
+                del self._sessions[old]  # sessions of loops that are gone
+            tls = httpx2.create_ssl_context() if self.settings.base_url.lower().startswith("https") else None
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_S, ssl=tls or True
+                ),
+                timeout=self.timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's upstream cookies to another
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),  # the caller's own, or none
+            )
+        return session
+
+    async def send(self, exchange: Exchange, deployment: Deployment) -> SessionAnswer:
         with _as_httpx2():
-            response = await next(self._next_pool).handle_async_request(request)
-        return PooledAnswer(response)
+            response = await self.session().request(
+                exchange.method,
+                deployment.url(exchange),
+                data=exchange.body if exchange.body else None,
+                headers=deployment.headers(exchange),
+                allow_redirects=False,
+            )
+        return SessionAnswer(response)
 
     async def aclose(self) -> None:
-        for pool in self.pools:
-            await pool.aclose()
+        running = asyncio.get_running_loop()
+        for loop, session in list(self._sessions.items()):
+            if loop is running:
+                await session.close()
+                del self._sessions[loop]
 
 
 # -- httpx2 clients (proxies, injected transports) ----------------------------------------------

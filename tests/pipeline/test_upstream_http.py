@@ -1,4 +1,4 @@
-"""The upstream's own HTTP path: httpcore2 pools on the asyncio backend of ``ferryman.netio``.
+"""The upstream's own HTTP path: an aiohttp session per deployment (``ferryman.upstream``).
 
 Real servers on loopback: the mock over TLS (a self-signed certificate trusted through
 ``SSL_CERT_FILE``, as a user would for a private CA), a small ASGI app that answers in gzip and
@@ -28,7 +28,7 @@ from ferryman.config import DeploymentSettings, Settings
 from ferryman.exchange import Exchange
 from ferryman.mock.app import MockApp
 from ferryman.mock.server import BackgroundServer, free_port, uvicorn_config
-from ferryman.upstream import ClientSender, Deployment, PooledSender, Upstream
+from ferryman.upstream import ClientSender, Deployment, SessionSender, Upstream
 
 from .conftest import UPSTREAM_KEY
 
@@ -79,7 +79,7 @@ def test_tls_upstream_plain_and_streamed(
     base_url, cert = tls_mock
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     client = through(ferryman_client, base_url)
-    assert isinstance(client._client._transport.pipeline.terminal.deployments[0].sender, PooledSender)  # type: ignore[attr-defined]
+    assert isinstance(client._client._transport.pipeline.terminal.deployments[0].sender, SessionSender)  # type: ignore[attr-defined]
 
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content
@@ -89,7 +89,7 @@ def test_tls_upstream_plain_and_streamed(
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    # About 4 MB over TLS: reading pauses and resumes on the TLS layer many times on the way.
+    # About 4 MB over TLS.
     embedded = client.embeddings.create(model="text-embedding-3-large", input=[f"line {i}" for i in range(64)])
     assert len(embedded.data) == 64 and all(len(item.embedding) == 3072 for item in embedded.data)
 
@@ -192,7 +192,7 @@ def test_compressed_replies_reach_the_sdk_decoded(
 def test_a_large_reply_is_read_whole(
     ferryman_client: Callable[..., openai.OpenAI], ferryman_settings: Callable[..., Settings]
 ) -> None:
-    """About 4 MB of embeddings: the socket reader pauses and resumes many times on the way."""
+    """About 4 MB of embeddings, read whole."""
     client = ferryman_client()
     reply = client.embeddings.create(model="text-embedding-3-large", input=[f"line {i}" for i in range(64)])
     assert len(reply.data) == 64
@@ -232,8 +232,8 @@ def test_a_proxied_deployment_goes_through_httpx2s_client(monkeypatch: pytest.Mo
     bypassed = Deployment(DeploymentSettings(name="b", base_url="https://internal.example/v1", api_keys=[]))
     plain_http = Deployment(DeploymentSettings(name="c", base_url="http://127.0.0.1:9/v1", api_keys=[]))
     assert isinstance(proxied.sender, ClientSender)
-    assert isinstance(bypassed.sender, PooledSender)
-    assert isinstance(plain_http.sender, PooledSender)  # the proxy is for https only
+    assert isinstance(bypassed.sender, SessionSender)
+    assert isinstance(plain_http.sender, SessionSender)  # the proxy is for https only
 
 
 def test_azure_targets_keep_the_base_path_and_api_version() -> None:
@@ -249,38 +249,3 @@ def test_azure_targets_keep_the_base_path_and_api_version() -> None:
     exchange = Exchange.build("POST", "/chat/completions", {}, json.dumps({"model": MODEL}).encode(), query="x=1")
     assert deployment.target(exchange) == "/openai/deployments/mini-prod/chat/completions?x=1&api-version=2025-01-01"
     assert deployment.url(exchange) == "https://example.openai.azure.com" + deployment.target(exchange)
-
-
-async def test_the_socket_reader_pauses_when_nobody_reads_and_resumes() -> None:
-    """``ferryman.netio``'s own flow control: past READ_HIGH_WATER unread bytes the socket is not
-    read, and reading the buffer down resumes it; every byte arrives, in order."""
-    import asyncio
-
-    from ferryman.netio import READ_HIGH_WATER, AsyncioBackend
-
-    payload = bytes(range(256)) * (4 * READ_HIGH_WATER // 256)
-    sent = asyncio.Event()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(payload)
-        await writer.drain()
-        sent.set()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
-    protocol = stream._protocol  # type: ignore[attr-defined]
-    deadline = asyncio.get_running_loop().time() + 10
-    while not protocol.paused_reading:  # the peer writes while nothing is read: wait for the pause
-        assert asyncio.get_running_loop().time() < deadline, "the reader never paused"
-        await asyncio.sleep(0.001)
-    assert len(protocol.buffer) <= READ_HIGH_WATER + 256 * 1024
-    received = bytearray()
-    while chunk := await stream.read(65536, timeout=5):
-        received += chunk
-    await asyncio.wait_for(sent.wait(), 5)
-    assert bytes(received) == payload and not protocol.paused_reading
-    await stream.aclose()
-    server.close()
-    await server.wait_closed()
