@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import atexit
+import contextlib
 import os
 import queue
 import threading
@@ -49,7 +51,16 @@ def background_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=run, name="ferryman-pipeline", daemon=True).start()
             ready.wait()
             _loop, _pid = loop, os.getpid()
+            atexit.register(_shut_down, loop)
         return _loop
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit, close what is still open on the loop the way ``asyncio.run`` would (its async
+    generators: the upstream's sessions close with theirs), waiting a moment at most."""
+    if loop.is_running() and _pid == os.getpid():
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=2)
 
 
 def run(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop | None = None) -> T:

@@ -22,7 +22,7 @@ import fnmatch
 import itertools
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -191,6 +191,13 @@ class SessionAnswer:
             self.response.close()  # a body left unread (an abandoned stream): the upstream stops
 
 
+async def _closed_with_the_loop(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await session.close()
+
+
 class SessionSender:
     """Requests through an ``aiohttp.ClientSession``: asyncio-native, with a C HTTP parser (about a
     third of httpx2's CPU per request here, see ``benchmarks/README.md``). One session per event
@@ -205,13 +212,15 @@ class SessionSender:
             sock_read=settings.timeout_s,  # between two reads, as httpx2's read timeout
         )
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
-    def session(self) -> aiohttp.ClientSession:
+    async def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
             for old in [other for other in self._sessions if other.is_closed()]:
                 del self._sessions[old]  # sessions of loops that are gone
+                self._closers.pop(old, None)
             tls = httpx2.create_ssl_context() if self.settings.base_url.lower().startswith("https") else None
             session = self._sessions[loop] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -222,11 +231,16 @@ class SessionSender:
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),  # the caller's own, or none
             )
+            # An application that never closes its client still gets the session closed when its
+            # loop shuts down (asyncio.run closes every open async generator of the loop), rather
+            # than aiohttp's "Unclosed client session" at exit.
+            closer = self._closers[loop] = _closed_with_the_loop(session)
+            await anext(closer)
         return session
 
     async def send(self, exchange: Exchange, deployment: Deployment) -> SessionAnswer:
         with _as_httpx2():
-            response = await self.session().request(
+            response = await (await self.session()).request(
                 exchange.method,
                 deployment.url(exchange),
                 data=exchange.body if exchange.body else None,
@@ -237,10 +251,12 @@ class SessionSender:
 
     async def aclose(self) -> None:
         running = asyncio.get_running_loop()
-        for loop, session in list(self._sessions.items()):
-            if loop is running:
-                await session.close()
-                del self._sessions[loop]
+        session = self._sessions.pop(running, None)
+        closer = self._closers.pop(running, None)
+        if closer is not None:
+            await closer.aclose()  # closes the session
+        elif session is not None:
+            await session.close()
 
 
 # -- httpx2 clients (proxies, injected transports) ----------------------------------------------

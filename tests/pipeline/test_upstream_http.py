@@ -249,3 +249,84 @@ def test_azure_targets_keep_the_base_path_and_api_version() -> None:
     exchange = Exchange.build("POST", "/chat/completions", {}, json.dumps({"model": MODEL}).encode(), query="x=1")
     assert deployment.target(exchange) == "/openai/deployments/mini-prod/chat/completions?x=1&api-version=2025-01-01"
     assert deployment.url(exchange) == "https://example.openai.azure.com" + deployment.target(exchange)
+
+
+# -- sessions: cookies, and clients their owners never close --------------------------------------
+
+
+class CookieApp:
+    """Sets a cookie on every reply (as a CDN in front of an upstream does) and notes the cookies
+    each request brought."""
+
+    def __init__(self) -> None:
+        self.cookies: list[str | None] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        cookie = dict(scope["headers"]).get(b"cookie")
+        self.cookies.append(cookie.decode() if cookie else None)
+        data = json.dumps(CHAT).encode()
+        headers = [(b"content-type", b"application/json"), (b"set-cookie", b"__cf_bm=caller-a; Path=/; HttpOnly")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+
+async def test_upstream_cookies_are_never_sent_back() -> None:
+    """The upstream client keeps no cookies: one caller's upstream cookie must not ride along with
+    the next call, which at a gateway is another caller's. (A caller's own SDK may keep the cookie
+    it was sent and send it again, as it would without Ferryman.)"""
+    app = CookieApp()
+    with BackgroundServer(app) as server:
+        settings = DeploymentSettings(name="cdn", base_url=f"{server.url}/v1", api_keys=[])
+        upstream = Upstream([Deployment(settings)])
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        headers = {"content-type": "application/json"}
+        for _ in range(3):
+            reply = await upstream(Exchange.build("POST", "/chat/completions", headers, body))
+            assert reply.status == 200 and "__cf_bm" in reply.headers["set-cookie"]
+        await upstream.aclose()
+    assert app.cookies == [None, None, None]
+
+
+LEFT_OPEN = """
+import asyncio, os, sys
+import ferryman
+from ferryman.config import Settings
+
+def settings(name):
+    return Settings(
+        deployments=[{"name": "mock", "base_url": sys.argv[1], "api_keys": ["env:FERRYMAN_TEST_UPSTREAM_KEY"]}],
+        store={"url": "sqlite:///" + os.path.join(sys.argv[2], name)},
+    )
+
+sync = ferryman.OpenAI(ferryman={"settings": settings("sync.db")}, api_key="sk-caller-side-placeholder")
+sync.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+async def main():
+    client = ferryman.AsyncOpenAI(ferryman={"settings": settings("async.db")}, api_key="sk-caller-side-placeholder")
+    await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+asyncio.run(main())
+import gc; gc.collect()
+print("finished")
+"""
+
+
+def test_clients_left_open_end_quietly(ferryman_mock: Any, upstream_key: str, tmp_path: Path) -> None:
+    """Applications rarely close their SDK clients: the upstream's sessions close with their loop
+    (``asyncio.run``) or at exit (the sync client's background loop), without warnings."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FERRYMAN_DATA_DIR": str(tmp_path / "data"), "PYTHONWARNINGS": "default"}
+    done = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN, ferryman_mock.base_url, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "finished" in done.stdout
+    assert "Unclosed" not in done.stderr and "ResourceWarning" not in done.stderr, done.stderr
