@@ -6,7 +6,7 @@ and its connection pools. :class:`Upstream` sends an exchange to the deployment 
 stage chose and returns the reply, streamed when the upstream streams.
 
 Calls go through an ``aiohttp`` client session: asyncio-native with a C HTTP parser, it costs
-about a third of the CPU per request of ``httpx2.AsyncClient`` on anyio (which rebuilds and
+about a quarter of the CPU per request of ``httpx2.AsyncClient`` on anyio (which rebuilds and
 validates URL and header models and wraps every read in a cancel scope), and the upstream call
 is the largest single cost of a call through the pipeline. A deployment reached through a proxy
 (``HTTPS_PROXY`` and friends), or given an httpx2 transport (tests), goes through an
@@ -200,7 +200,7 @@ async def _closed_with_the_loop(session: aiohttp.ClientSession) -> AsyncGenerato
 
 class SessionSender:
     """Requests through an ``aiohttp.ClientSession``: asyncio-native, with a C HTTP parser (about a
-    third of httpx2's CPU per request here, see ``benchmarks/README.md``). One session per event
+    quarter of httpx2's CPU per request here, see ``benchmarks/README.md``). One session per event
     loop that uses the deployment (a session belongs to the loop it was made on)."""
 
     def __init__(self, settings: DeploymentSettings) -> None:
