@@ -30,15 +30,39 @@ def test_metrics_count_calls_through_the_gateway(gateway):
     assert "ferryman_gateway_open_streams" in text
 
 
+class _Lines(logging.Handler):
+    """Collects log records; ``arrived(n)`` is set once n of them have come."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.wanted = wanted
+        self.arrived = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.wanted:
+            self.arrived.set()
+
+
 def test_access_log_is_one_json_line_per_request_without_secrets(gateway, caplog):
     gw = gateway()
     key = gw.new_key(name="logged")
-    with caplog.at_level(logging.INFO, logger="ferryman.access"):
-        gw.client(key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-        httpx2.get(
-            gw.base_url + "/models?api_key=sk-inquerystring12345678&limit=2", headers={"authorization": f"Bearer {key}"}
-        )
-    records = [r for r in caplog.records if r.name == "ferryman.access"]
+    lines = _Lines(wanted=2)
+    access = logging.getLogger("ferryman.access")
+    access.addHandler(lines)
+    try:
+        with caplog.at_level(logging.INFO, logger="ferryman.access"):
+            gw.client(key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            httpx2.get(
+                gw.base_url + "/models?api_key=sk-inquerystring12345678&limit=2",
+                headers={"authorization": f"Bearer {key}"},
+            )
+            # the line is written when the response is done, on the server's side: wait for it
+            assert lines.arrived.wait(10), "the access log lines did not come"
+    finally:
+        access.removeHandler(lines)
+    records = lines.records
     assert [r.status for r in records] == [200, 200]
     assert records[0].key_id.startswith("key_") and records[0].model == "gpt-4o-mini"
     assert records[1].query_params == ["api_key", "limit"]  # names only, never values

@@ -317,10 +317,18 @@ def test_no_secret_in_logs_errors_metrics_or_audit_rows(gateway, ferryman_mock, 
     errors = bodies_of(replies)
     assert find_secrets(errors) == [] and not any(s in errors for s in secrets)
 
+    def access_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in logs.lines.getvalue().splitlines()]
+        return [line for line in lines if line["logger"] == "ferryman.access"]
+
+    # A request's access line is written once its response is done, on the server's side.
+    deadline = time.monotonic() + 10
+    while len(access_lines()) < 2 + len(replies) and time.monotonic() < deadline:
+        time.sleep(0.01)
     logged = logs.text()
     assert find_secrets(logged) == [] and not any(s in logged for s in secrets)
     lines = [json.loads(line) for line in logs.lines.getvalue().splitlines()]
-    access = [line for line in lines if line["logger"] == "ferryman.access"]
+    access = access_lines()
     assert len(access) == 2 + len(replies) and len(logs.raw.records) >= len(lines)
     assert access[0]["query_params"] == ["after", "api_key", "token"] and QUERY_MARKER not in logged
 
