@@ -10,7 +10,7 @@ need the end of a stream wrap ``Reply.stream`` and see it as the caller does.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -71,6 +71,17 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     caps: tuple[Cap, ...] = ()
     rates: tuple[Rate, ...] = ()
+
+
+def merged_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Raw HTTP headers (ASGI's, aiohttp's) as one dict of lower-case names; a repeated header's
+    values joined with ``, `` as HTTP allows."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 def parse_tags(raw: str | None) -> dict[str, str]:

@@ -139,6 +139,9 @@ def json_value(value: Any, pii: bool = True) -> Any:
     return _json_value(value, pii, keys)
 
 
+_SCALARS = (int, float, bool)
+
+
 def _json_value(value: Any, pii: bool, keys: bool) -> Any:
     kind = type(value)
     if kind is str or isinstance(value, str):
@@ -158,9 +161,6 @@ def _json_value(value: Any, pii: bool, keys: bool) -> Any:
     if kind is list or isinstance(value, list):
         return [_json_value(v, pii, keys) for v in value]
     return value
-
-
-_SCALARS = (int, float, bool)
 
 
 def headers(items: dict[str, str]) -> dict[str, str]:

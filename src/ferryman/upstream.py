@@ -30,7 +30,7 @@ import aiohttp
 import httpx2
 
 from ferryman.config import DeploymentSettings, Settings
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import Exchange, Reply, merged_headers
 from ferryman.secrets import Secret, resolve_optional
 
 MAX_CONNECTIONS = 1000  # per deployment (and event loop)
@@ -66,15 +66,10 @@ class Deployment:
         self.name = settings.name
         self.keys: list[Secret] = [s for s in (resolve_optional(ref) for ref in settings.api_keys) if s]
         self._next_key = itertools.cycle(range(len(self.keys))) if self.keys else None
-        parts = urlsplit(settings.base_url)
-        self.scheme = parts.scheme.lower()
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.scheme == "https" else 80)
-        self.host_header = parts.netloc.rpartition("@")[2]
-        self.base_path = parts.path.rstrip("/")
+        self.base_url = settings.base_url.rstrip("/")
         self._serves: dict[str, bool] = {}
         self.sender: Sender
-        if transport is None and self.scheme in ("http", "https") and not _proxied(settings.base_url):
+        if transport is None and not _proxied(settings.base_url):
             self.sender = SessionSender(settings)
         else:
             self.sender = ClientSender(settings, transport)
@@ -93,8 +88,7 @@ class Deployment:
             self._serves[model] = known
         return known
 
-    def target(self, exchange: Exchange) -> str:
-        """The path and query to request, below the host."""
+    def url(self, exchange: Exchange) -> str:
         s = self.settings
         if s.kind == "azure":
             model = exchange.model or ""
@@ -102,12 +96,9 @@ class Deployment:
             query = f"api-version={s.api_version or '2024-10-21'}"
             if exchange.query:
                 query = f"{exchange.query}&{query}"
-            return f"{self.base_path}/openai/deployments/{name}{exchange.path}?{query}"
-        path = self.base_path + exchange.path
-        return f"{path}?{exchange.query}" if exchange.query else path
-
-    def url(self, exchange: Exchange) -> str:
-        return f"{self.scheme}://{self.host_header}{self.target(exchange)}"
+            return f"{self.base_url}/openai/deployments/{name}{exchange.path}?{query}"
+        url = self.base_url + exchange.path
+        return f"{url}?{exchange.query}" if exchange.query else url
 
     def headers(self, exchange: Exchange) -> dict[str, str]:
         headers = dict(exchange.headers)
@@ -129,10 +120,10 @@ def _proxied(url: str) -> bool:
     proxies = urllib.request.getproxies()
     if not proxies:
         return False
-    scheme, host = urlsplit(url).scheme.lower(), urlsplit(url).hostname or ""
-    if scheme not in proxies and "all" not in proxies:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in proxies and "all" not in proxies:
         return False
-    return not urllib.request.proxy_bypass(host)
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 # -- aiohttp ------------------------------------------------------------------------------------
@@ -169,12 +160,7 @@ class SessionAnswer:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.status = response.status
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in response.raw_headers:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        self.headers = headers
+        self.headers = merged_headers(response.raw_headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body (decompressed) as it arrives, one piece per HTTP chunk the upstream sent (a
@@ -211,31 +197,32 @@ class SessionSender:
             sock_connect=settings.connect_timeout_s,
             sock_read=settings.timeout_s,  # between two reads, as httpx2's read timeout
         )
-        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-        self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+        # Each loop's session, with the async generator that closes it when the loop shuts down.
+        self._sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]] = {}
 
     async def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            for old in [other for other in self._sessions if other.is_closed()]:
-                del self._sessions[old]  # sessions of loops that are gone
-                self._closers.pop(old, None)
-            tls = httpx2.create_ssl_context() if self.settings.base_url.lower().startswith("https") else None
-            session = self._sessions[loop] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_S, ssl=tls or True
-                ),
-                timeout=self.timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's upstream cookies to another
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),  # the caller's own, or none
-            )
-            # An application that never closes its client still gets the session closed when its
-            # loop shuts down (asyncio.run closes every open async generator of the loop), rather
-            # than aiohttp's "Unclosed client session" at exit.
-            closer = self._closers[loop] = _closed_with_the_loop(session)
-            await anext(closer)
+        known = self._sessions.get(loop)
+        if known is not None and not known[0].closed:
+            return known[0]
+        for gone in [other for other in self._sessions if other.is_closed()]:
+            del self._sessions[gone]
+        tls = httpx2.create_ssl_context() if self.settings.base_url.lower().startswith("https") else None
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_S, ssl=tls or True
+            ),
+            timeout=self.timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's upstream cookies to another
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),  # the caller's own, or none
+        )
+        # An application that never closes its client still gets the session closed when its loop
+        # shuts down (asyncio.run closes every open async generator of the loop), rather than
+        # aiohttp's "Unclosed client session" at exit.
+        closer = _closed_with_the_loop(session)
+        await anext(closer)
+        self._sessions[loop] = (session, closer)
         return session
 
     async def send(self, exchange: Exchange, deployment: Deployment) -> SessionAnswer:
@@ -250,13 +237,9 @@ class SessionSender:
         return SessionAnswer(response)
 
     async def aclose(self) -> None:
-        running = asyncio.get_running_loop()
-        session = self._sessions.pop(running, None)
-        closer = self._closers.pop(running, None)
-        if closer is not None:
-            await closer.aclose()  # closes the session
-        elif session is not None:
-            await session.close()
+        known = self._sessions.pop(asyncio.get_running_loop(), None)
+        if known is not None:
+            await known[1].aclose()  # closes the session
 
 
 # -- httpx2 clients (proxies, injected transports) ----------------------------------------------

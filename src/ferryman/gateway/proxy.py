@@ -28,7 +28,7 @@ import orjson
 
 from ferryman import redact
 from ferryman.errors import OpenAIError, unparsable_json
-from ferryman.exchange import Exchange, Principal, Reply
+from ferryman.exchange import Exchange, Principal, Reply, merged_headers
 from ferryman.gateway.access_log import AccessLog
 from ferryman.gateway.auth import Authenticator, model_allowed, model_refused, models_in_upload
 from ferryman.pipeline.chain import Pipeline
@@ -57,12 +57,7 @@ def error_reply(error: OpenAIError) -> Reply:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
+    return merged_headers(scope["headers"])
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
