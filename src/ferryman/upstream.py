@@ -49,7 +49,9 @@ class Answer(Protocol):
     status: int
     headers: dict[str, str]  # lower-case names
 
-    def chunks(self) -> AsyncIterator[bytes]: ...  # the decoded body
+    def chunks(self) -> AsyncIterator[bytes]: ...  # the decoded body, as it arrives
+
+    async def read(self) -> bytes: ...  # the decoded body, whole
 
     async def aclose(self) -> None: ...
 
@@ -170,6 +172,10 @@ class SessionAnswer:
                 if data:
                     yield data
 
+    async def read(self) -> bytes:
+        with _as_httpx2():
+            return await self.response.read()
+
     async def aclose(self) -> None:
         if self.response.content.at_eof():
             self.response.release()  # the connection goes back to the pool
@@ -255,6 +261,9 @@ class ClientAnswer:
         async for chunk in self.response.aiter_bytes():
             yield chunk
 
+    async def read(self) -> bytes:
+        return await self.response.aread()
+
     async def aclose(self) -> None:
         await self.response.aclose()
 
@@ -312,7 +321,7 @@ class Upstream:
             _note_upstream(exchange, started)
             return Reply(answer.status, _forwardable(headers), stream=_body(answer, exchange, started))
         try:
-            body = b"".join([chunk async for chunk in answer.chunks()])
+            body = await answer.read()
         finally:
             await answer.aclose()
         _note_upstream(exchange, started)

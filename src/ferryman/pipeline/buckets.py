@@ -36,6 +36,7 @@ one limit.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -77,6 +78,11 @@ def go_duration(text: str | None) -> float | None:
     """Seconds in a Go duration string (``12ms``, ``1s``, ``6m0s``, ``1h2m3.5s``); None if unreadable."""
     if text is None:
         return None
+    return _go_duration(text) if len(text) <= 32 else _go_duration.__wrapped__(text)
+
+
+@functools.lru_cache(maxsize=1024)  # every reply carries two; most values repeat
+def _go_duration(text: str) -> float | None:
     text = text.strip()
     if text == "0":
         return 0.0
@@ -95,6 +101,12 @@ def _number(value: str | None) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+_HEADER_NAMES = tuple(
+    (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+)
+
+
 @dataclass(frozen=True)
 class Seen:
     """What one reply's ``x-ratelimit-*`` headers say."""
@@ -111,10 +123,10 @@ class Seen:
         if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
             return None
         values: list[float | None] = []
-        for kind in ("requests", "tokens"):
-            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
-            reset = go_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+        for limit_name, remaining_name, reset_name in _HEADER_NAMES:
+            limit = _number(headers.get(limit_name))
+            remaining = _number(headers.get(remaining_name))
+            reset = go_duration(headers.get(reset_name))
             values += [limit, _refined(limit, remaining, reset), reset]
         seen = cls(*values)
         return seen if seen.limit_requests or seen.limit_tokens else None

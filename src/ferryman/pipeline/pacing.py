@@ -88,6 +88,7 @@ class _Lane:
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
+        self.queued = 0  # calls waiting for the lock
         self.changed = asyncio.Event()
         self.seq = 0
         self.in_flight: dict[int, tuple[Cost, Cost]] = {}  # seq → (its cost, ``done`` when it was sent)
@@ -200,11 +201,17 @@ class Pacing:
     ) -> tuple[Reply | None, bool]:
         """Wait at the lane's queue, then until the cost fits. Returns (a refusal, is a probe)."""
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(deadline):
-                await lane.lock.acquire()
-        except TimeoutError:
-            return self._refusal(exchange, key, None), False
+        if lane.lock.locked() or lane.queued:
+            lane.queued += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await lane.lock.acquire()
+            except TimeoutError:
+                return self._refusal(exchange, key, None), False
+            finally:
+                lane.queued -= 1
+        else:
+            await lane.lock.acquire()  # free and nobody queued: taken at once, no timer needed
         try:
             while True:
                 try:

@@ -17,6 +17,7 @@ The input is user-supplied JSON, so wrong types are skipped or coerced, never ra
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import math
 import struct
@@ -47,6 +48,14 @@ _PROP_INIT, _PROP_KEY, _ENUM_INIT, _ENUM_ITEM, _FUNC_END = 3, 3, -3, 3, 12
 _MAX_SCHEMA_DEPTH = 16
 
 
+def _counter(model: Any) -> _Counter:
+    """The counter for ``model``: one per model name, built once (finding the encoding and the
+    message framing of a name costs more than counting a short message)."""
+    if isinstance(model, str) and len(model) <= 256:
+        return _counter_of(model)
+    return _Counter(model)
+
+
 class _Counter:
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -56,7 +65,8 @@ class _Counter:
 
     def text(self, value: Any) -> int:
         text = as_text(value)
-        return len(self.encoding.encode(text, disallowed_special=())) if text else 0
+        # Special tokens in user text count as plain text, as encode(disallowed_special=()) does.
+        return len(self.encoding.encode_ordinary(text)) if text else 0
 
     def message(self, message: Any) -> int:
         if not isinstance(message, dict):
@@ -110,6 +120,9 @@ class _Counter:
         return self.text(part.get("text"))  # text / input_text / output_text / unknown
 
 
+_counter_of = functools.lru_cache(maxsize=256)(_Counter)  # model names come from callers: bounded
+
+
 def count_chat_messages(
     messages: Any, model: Any = "gpt-4o", tools: Any = None, tool_choice: Any = None
 ) -> int:
@@ -120,7 +133,7 @@ def count_chat_messages(
     definitions, and the cost of forcing one function is unpublished.
     """
     del tool_choice
-    counter = _Counter(model)
+    counter = _counter(model)
     items = messages if isinstance(messages, list) else []
     return sum(counter.message(m) for m in items) + REPLY_PRIMING + count_tools(tools, model)
 
@@ -135,7 +148,7 @@ def count_responses_input(
     ``function_call_output`` items as tool messages; context from ``previous_response_id``
     is unknown here and not counted.
     """
-    c = _Counter(model)
+    c = _counter(model)
     total = REPLY_PRIMING + count_tools(tools, model)
     if isinstance(instructions, str) and instructions:
         total += c.message({"role": "developer", "content": instructions})
@@ -170,7 +183,7 @@ def count_tools(tools: Any, model: Any = "gpt-4o") -> int:
     functions = [fn for fn in map(_function_def, tools if isinstance(tools, list) else ()) if fn]
     if not functions:
         return 0
-    c = _Counter(model)
+    c = _counter(model)
     func_init = _FUNC_INIT.get(encoding_name_for_model(model), 7)
     total = _FUNC_END
     for fn in functions:

@@ -6,7 +6,7 @@ import functools
 import urllib.parse
 from typing import Any
 
-from .chat import _Counter, count_chat_messages, count_responses_input, count_tools
+from .chat import _Counter, _counter, count_chat_messages, count_responses_input, count_tools
 
 __all__ = ["COMPLETIONS_DEFAULT_MAX_TOKENS", "count_request_prompt_tokens", "max_output_tokens"]
 
@@ -59,7 +59,7 @@ def count_request_prompt_tokens(endpoint: Any, body: Any) -> int:
         return count_responses_input(
             body.get("input"), body.get("instructions"), model, body.get("tools")
         )
-    counter = _Counter(model)
+    counter = _counter(model)
     if route == _COMPLETIONS:
         return _inputs(counter, body.get("prompt")) + counter.text(body.get("suffix"))
     if route == _EMBEDDINGS:
