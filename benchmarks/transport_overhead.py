@@ -20,6 +20,11 @@ round (noise only ever adds CPU).
 the ferryman client's settings, e.g. ``--set audit.enabled=false`` or ``--set pacing.enabled=false``
 to see what one stage costs.
 
+``--stages`` adds one more run of the ferryman client (sync, plain calls) with each stage timed by
+its thread's CPU clock, its own work only (what it does before and after the stages inside it),
+and the upstream call likewise: what each part costs inside real calls, which is more than the
+same code costs in a tight loop of its own (``pipeline_stages.py``). The timers add ~1 µs a stage.
+
 Goal: ferryman's CPU per call <= 1.15 x the plain SDK's. The benchmark reports; it exits non-zero
 only when the mock fails to start.
 """
@@ -145,6 +150,57 @@ def measure(
     return {"cpu_us": 1e6 * cpu / calls, "wall_us": 1e6 * wall / calls}
 
 
+class _Timed:
+    """A stage (or the terminal) whose own thread CPU time is added up under its name."""
+
+    def __init__(self, inner: Any, name: str, totals: dict[str, int]) -> None:
+        self.inner, self.name, self.totals = inner, name, totals
+
+    async def handle(self, exchange: Any, call_next: Any) -> Any:
+        inside = 0
+
+        async def timed_next(ex: Any) -> Any:
+            nonlocal inside
+            started = time.thread_time_ns()
+            try:
+                return await call_next(ex)
+            finally:
+                inside += time.thread_time_ns() - started
+
+        started = time.thread_time_ns()
+        try:
+            return await self.inner.handle(exchange, timed_next)
+        finally:
+            self.totals[self.name] = self.totals.get(self.name, 0) + time.thread_time_ns() - started - inside
+
+    async def __call__(self, exchange: Any) -> Any:  # as the terminal
+        started = time.thread_time_ns()
+        try:
+            return await self.inner(exchange)
+        finally:
+            self.totals[self.name] = self.totals.get(self.name, 0) + time.thread_time_ns() - started
+
+
+def stage_costs(base_url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """CPU µs per call of each stage and of the upstream call, inside real sync calls."""
+    from ferryman.pipeline.chain import Pipeline
+
+    client = ferryman_client(base_url, _folder(folder / "stages"), overrides(args.set))
+    transport = client._client._transport
+    pipeline = transport.pipeline
+    totals: dict[str, int] = {}
+    stages = [_Timed(stage, type(stage).__name__.lower(), totals) for stage in pipeline.stages]
+    transport.pipeline = Pipeline(stages, _Timed(pipeline.terminal, "upstream", totals))
+    try:
+        measure(client, False, max(args.warmup, 1), 0)  # the warm-up, not counted
+        totals.clear()
+        whole = measure(client, False, args.calls, 0)
+    finally:
+        client.close()
+    parts = {name: round(total / 1000 / args.calls, 1) for name, total in totals.items()}
+    return {"cpu_us": round(whole["cpu_us"], 1), "parts_us": parts}
+
+
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -203,6 +259,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def print_stages(stages: dict[str, Any]) -> None:
+    print()
+    print(f"Inside real sync calls ({stages['cpu_us']:.0f} µs/call in all), each part's own thread CPU per call:")
+    for name, cost in stages["parts_us"].items():
+        print(f"  {name:10s} {cost:7.1f} µs")
+    print(f"  {'together':10s} {sum(stages['parts_us'].values()):7.1f} µs")
+
+
 def print_text(data: dict[str, Any]) -> None:
     rows = []
     for label, result in data["results"].items():
@@ -231,6 +295,7 @@ def main() -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a ferryman setting, e.g. audit.enabled=false"
     )
+    parser.add_argument("--stages", action="store_true", help="also time each stage's own CPU inside real sync calls")
     args = parser.parse_args()
     args.api = args.api or ["sync", "async"]
     try:
@@ -238,16 +303,22 @@ def main() -> int:
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    stages: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="ferryman-bench-") as folder:
             results = run(mock.url + "/v1", args, Path(folder))
+            stages = stage_costs(mock.url + "/v1", args, Path(folder)) if args.stages else None
     finally:
         mock.stop()
     data = report(results, args)
+    if stages is not None:
+        data["stages"] = stages
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print_text(data)
+        if stages is not None:
+            print_stages(stages)
     return 0
 
 
