@@ -40,6 +40,8 @@ def _may_hold_secret(text: str) -> bool:
 def _may_hold_secret_bytes(data: bytes) -> bool:
     lowered = data.lower()
     return any(marker in lowered for marker in _MARKERS_BYTES)
+
+
 # An address starts where a run of its characters starts: without the lookbehind every position
 # of a long run (base64, an upload) would be tried, each scanning to the run's end (quadratic).
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")

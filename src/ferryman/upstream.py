@@ -68,7 +68,6 @@ class Deployment:
         self.name = settings.name
         self.keys: list[Secret] = [s for s in (resolve_optional(ref) for ref in settings.api_keys) if s]
         self._next_key = itertools.cycle(range(len(self.keys))) if self.keys else None
-        self.base_url = settings.base_url.rstrip("/")
         self._serves: dict[str, bool] = {}
         self.sender: Sender
         if transport is None and not _proxied(settings.base_url):
@@ -98,8 +97,8 @@ class Deployment:
             query = f"api-version={s.api_version or '2024-10-21'}"
             if exchange.query:
                 query = f"{exchange.query}&{query}"
-            return f"{self.base_url}/openai/deployments/{name}{exchange.path}?{query}"
-        url = self.base_url + exchange.path
+            return f"{s.base_url}/openai/deployments/{name}{exchange.path}?{query}"
+        url = s.base_url + exchange.path  # no trailing slash: DeploymentSettings strips it
         return f"{url}?{exchange.query}" if exchange.query else url
 
     def headers(self, exchange: Exchange) -> dict[str, str]:
