@@ -13,16 +13,23 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from ferryman.apipath import PathRefused, canonical, canonical_query
+
 if TYPE_CHECKING:
+    from ferryman.errors import OpenAIError
     from ferryman.upstream import Deployment
 
 # Per-call options travel in these request headers and never reach the upstream.
 CACHE_HEADER = "ferryman-cache"  # no-store | refresh
 TAGS_HEADER = "ferryman-tags"  # team=a,feature=search
+
+# In ``Exchange.notes``: the reply is a refusal Ferryman made itself (pacing's 429, a 404 for
+# another key's object), not the upstream's: never retried, never held against a deployment.
+FERRYMAN_MADE = "ferryman_refused"
 
 # Hop-by-hop and transport headers that a proxy must not forward.
 HOP_BY_HOP = frozenset(
@@ -63,7 +70,8 @@ class Rate:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a virtual key (gateway), or the process itself (in-SDK)."""
+    """Who is calling: a virtual key (gateway), or the process itself (in-SDK). ``models``: the
+    globs of the models a key may use (None: any)."""
 
     id: str = "process"
     team: str | None = None
@@ -71,6 +79,20 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     caps: tuple[Cap, ...] = ()
     rates: tuple[Rate, ...] = ()
+    models: tuple[str, ...] | None = None
+
+
+# A gateway caller before (or without) a valid virtual key: what its refusals are recorded as.
+ANONYMOUS = Principal(id="anonymous")
+
+
+class Upload(Protocol):
+    """A request body too large to hold in memory (a file upload), kept where it can be read again
+    from the start for each attempt."""
+
+    size: int
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
 
 
 def merged_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -98,11 +120,17 @@ def parse_tags(raw: str | None) -> dict[str, str]:
 @dataclass
 class Exchange:
     method: str
-    path: str  # the API path below the base URL, e.g. "/chat/completions"
+    path: str  # the canonical API path below the base URL, e.g. "/chat/completions" (ferryman.apipath)
     headers: dict[str, str]  # lower-case names; no hop-by-hop, no ferryman-* headers
     body: bytes = b""
     query: str = ""
     principal: Principal = field(default_factory=Principal)
+    # The body as the caller sent it (stages may rewrite ``body``), and a spooled upload's body
+    # (``body`` is then empty and ``json`` holds the form's text fields).
+    received: bytes = b""
+    upload: Upload | None = None
+    # Set by a front door that could not make the request canonical: the guard stage answers it.
+    refusal: OpenAIError | None = None
     tags: dict[str, str] = field(default_factory=dict)
     cache_control: str | None = None  # "no-store" | "refresh" | None
     # Learned on the way.
@@ -132,7 +160,15 @@ class Exchange:
         query: str = "",
         principal: Principal | None = None,
     ) -> Exchange:
-        """Split Ferryman's own headers from the caller's and parse a JSON body."""
+        """Make the path canonical (:mod:`ferryman.apipath`: ``path`` is the percent-encoded API
+        path as sent; one that has no canonical form becomes ``refusal``), split Ferryman's own
+        headers from the caller's and parse a JSON body."""
+        refusal: OpenAIError | None = None
+        try:
+            path = canonical(method, path)
+            query = canonical_query(method, path, query) if query else query
+        except PathRefused as refused:
+            refusal = refused
         clean: dict[str, str] = {}
         for name, value in headers.items():
             lower = name.lower()
@@ -145,19 +181,26 @@ class Exchange:
             body=body,
             query=query,
             principal=principal or Principal(),
+            received=body,
+            refusal=refusal,
             tags=parse_tags(headers.get(TAGS_HEADER) or headers.get(TAGS_HEADER.title())),
             cache_control=(headers.get(CACHE_HEADER) or "").strip().lower() or None,
         )
-        if body and "json" in clean.get("content-type", "application/json"):
+        if body and not clean.get("content-type", "").lower().startswith("multipart/"):
             try:
                 ex.json = orjson.loads(body)
             except orjson.JSONDecodeError:
                 ex.json = None
-        if isinstance(ex.json, dict):
-            model = ex.json.get("model")
-            ex.model = model if isinstance(model, str) else None
-            ex.stream = ex.json.get("stream") is True
+        ex.learn_request()
         return ex
+
+    def learn_request(self) -> None:
+        """``model`` and ``stream`` from the parsed body (or a form's fields)."""
+        if isinstance(self.json, dict):
+            model = self.json.get("model")
+            self.model = model if isinstance(model, str) else None
+            stream = self.json.get("stream")
+            self.stream = stream is True or (self.upload is not None and stream == "true")
 
     def set_json(self, value: Any) -> None:
         """Replace the body with ``value`` (a stage rewriting the request)."""

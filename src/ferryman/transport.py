@@ -21,12 +21,13 @@ from ferryman.pipeline.chain import Pipeline
 
 
 def api_path(url: httpx2.URL) -> str:
-    """The API path below the base URL: ``/v1/chat/completions`` → ``/chat/completions``."""
-    path = url.path
-    at = path.find("/v1/")
+    """The API path below the base URL, still percent-encoded as the SDK sent it:
+    ``/v1/chat/completions`` → ``/chat/completions`` (``Exchange.build`` makes it canonical)."""
+    raw = url.raw_path.partition(b"?")[0].decode("ascii", errors="replace")
+    at = raw.find("/v1/")
     if at >= 0:
-        return path[at + 3 :]
-    return path[:-3] if path.endswith("/v1") else path
+        return raw[at + 3 :]
+    return raw[:-3] if raw.endswith("/v1") else raw
 
 
 def exchange_from(request: httpx2.Request, body: bytes) -> Exchange:

@@ -28,8 +28,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import httpx2
+import yarl
 
+from ferryman.apipath import encode, segment_ok
 from ferryman.config import DeploymentSettings, Settings
+from ferryman.errors import invalid_request
 from ferryman.exchange import Exchange, Reply, merged_headers
 from ferryman.secrets import Secret, resolve_optional
 
@@ -90,19 +93,26 @@ class Deployment:
         return known
 
     def url(self, exchange: Exchange) -> str:
+        """The upstream URL: the base URL, then the exchange's canonical path quoted segment by
+        segment (:func:`ferryman.apipath.encode`), so it never leaves the base path."""
         s = self.settings
+        path = encode(exchange.path)
         if s.kind == "azure":
             model = exchange.model or ""
             name = s.azure_deployments.get(model, model)
+            if not segment_ok(name):
+                raise invalid_request(f"The model `{name[:200]}` cannot name an Azure deployment.", "model")
             query = f"api-version={s.api_version or '2024-10-21'}"
             if exchange.query:
                 query = f"{exchange.query}&{query}"
-            return f"{s.base_url}/openai/deployments/{name}{exchange.path}?{query}"
-        url = s.base_url + exchange.path  # no trailing slash: DeploymentSettings strips it
+            return f"{s.base_url}/openai/deployments/{encode(name)}{path}?{query}"
+        url = s.base_url + path  # no trailing slash: DeploymentSettings strips it
         return f"{url}?{exchange.query}" if exchange.query else url
 
     def headers(self, exchange: Exchange) -> dict[str, str]:
         headers = dict(exchange.headers)
+        if exchange.upload is not None:
+            headers["content-length"] = str(exchange.upload.size)
         if self._next_key is not None:
             key = self.keys[next(self._next_key)].reveal()
             headers.pop("authorization", None)
@@ -232,10 +242,11 @@ class SessionSender:
 
     async def send(self, exchange: Exchange, deployment: Deployment) -> SessionAnswer:
         with _as_httpx2():
+            upload = exchange.upload
             response = await (await self.session()).request(
                 exchange.method,
-                deployment.url(exchange),
-                data=exchange.body if exchange.body else None,
+                yarl.URL(deployment.url(exchange), encoded=True),  # quoted already: sent as it is
+                data=upload.chunks() if upload is not None else exchange.body if exchange.body else None,
                 headers=deployment.headers(exchange),
                 allow_redirects=False,
             )
@@ -285,8 +296,12 @@ class ClientSender:
 
     async def send(self, exchange: Exchange, deployment: Deployment) -> ClientAnswer:
         client = next(self._next_client)
+        upload = exchange.upload
         request = client.build_request(
-            exchange.method, deployment.url(exchange), headers=deployment.headers(exchange), content=exchange.body
+            exchange.method,
+            deployment.url(exchange),
+            headers=deployment.headers(exchange),
+            content=upload.chunks() if upload is not None else exchange.body,
         )
         return ClientAnswer(await client.send(request, stream=True))
 

@@ -4,7 +4,9 @@ The order, outermost first (a stage sees everything inside it as one call)::
 
     telemetry   span, metrics, JSON log line
     audit       one hash-chained record per call, bodies redacted
-    (gateway)   ownership of stored objects, then the caller's own RPM/TPM (limits)
+    guard       refuses what a front door could not make canonical (paths, oversized headers)
+    (gateway)   authenticate the key, intake (read and check the body), ownership of stored objects
+    limits      the caller's own RPM/TPM
     budget      reserve the worst case before, settle the real cost after
     cache       exact-match replies, streams replayed
     account     usage → cost; ask streams for usage and hide the extra chunk
@@ -27,6 +29,7 @@ from ferryman.pipeline.audit import Audit
 from ferryman.pipeline.budget import Budget
 from ferryman.pipeline.cache import Cache
 from ferryman.pipeline.chain import Handler, Pipeline, Stage
+from ferryman.pipeline.guard import Guard
 from ferryman.pipeline.limits import CallerLimits
 from ferryman.pipeline.pacing import Pacing
 from ferryman.pipeline.retry import Retry
@@ -35,7 +38,7 @@ from ferryman.pipeline.telemetry import Telemetry
 from ferryman.store import Store, open_store
 from ferryman.upstream import Upstream
 
-ORDER = (Telemetry, Audit, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
+ORDER = (Telemetry, Audit, Guard, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
 
 
 def build(
@@ -44,15 +47,15 @@ def build(
     store: Store | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
     principals: bool = False,
-    after_audit: Sequence[Stage] = (),
+    front: Sequence[Stage] = (),
     **overrides: Any,
 ) -> Pipeline:
     """The pipeline for ``settings`` (default: ferryman.toml and FERRYMAN_* variables).
 
     ``principals``: callers bring their own limits and budgets (the gateway's virtual keys), so
-    the caller-limits and budget stages are on even with no rules in settings. ``after_audit``:
-    stages of the caller (the gateway's ownership checks) placed right inside the audit stage,
-    so what they refuse is recorded too."""
+    the caller-limits and budget stages are on even with no rules in settings. ``front``: a front
+    door's own stages (the gateway's authentication, intake and ownership checks) placed right
+    inside the guard, so what they refuse is recorded too."""
     settings = settings or load(**overrides)
     store = store or open_store(settings)
     upstream = Upstream.from_settings(settings, transport)
@@ -62,8 +65,8 @@ def build(
         stage = kind.from_settings(settings, **parts)
         if stage is not None:
             stages.append(stage)
-        if kind is Audit:
-            stages.extend(after_audit)
+        if kind is Guard:
+            stages.extend(front)
     pipeline = Pipeline(stages, upstream)
     pipeline.settings = settings  # type: ignore[attr-defined]
     pipeline.store = store  # type: ignore[attr-defined]

@@ -22,11 +22,10 @@ import logging
 import math
 from typing import Any
 
-from ferryman.exchange import Exchange, Rate, Reply
+from ferryman.exchange import FERRYMAN_MADE, Exchange, Rate, Reply
 from ferryman.pipeline.buckets import Buckets, Cost, MemoryBuckets, RedisBuckets, Seed
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.pacing import cost_of, is_paced, usage_tokens
-from ferryman.pipeline.retry import FERRYMAN_MADE
 
 log = logging.getLogger("ferryman.limits")
 

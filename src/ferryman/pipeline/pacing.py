@@ -42,10 +42,10 @@ from typing import Any
 import orjson
 
 from ferryman.config import PacingSettings, Settings
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.buckets import Buckets, Cost, MemoryBuckets, RedisBuckets, Seed, Seen
 from ferryman.pipeline.chain import Handler
-from ferryman.pipeline.retry import FERRYMAN_MADE, is_quota_error, retry_after_s
+from ferryman.pipeline.retry import is_quota_error, retry_after_s
 from ferryman.tokens import count_request_prompt_tokens, endpoint_route, max_output_tokens
 
 REFUSED_HEADER = "x-ferryman-refused-by"

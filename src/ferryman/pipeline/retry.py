@@ -39,7 +39,7 @@ import httpx2
 import orjson
 
 from ferryman.config import RetrySettings, Settings
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.chain import Handler
 
 # Transport failures worth another attempt. Not: UnsupportedProtocol, ProxyError, LocalProtocolError
@@ -51,8 +51,6 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "organization_usage_limit_exceeded"})
-# Set by a stage inside this one (pacing) on a 429 it made itself: not an upstream 429.
-FERRYMAN_MADE = "ferryman_refused"
 
 
 def backoff(retries_taken: int, base_s: float, max_s: float, rng: random.Random) -> float:

@@ -49,10 +49,10 @@ import httpx2
 from ferryman.catalogue import lookup
 from ferryman.config import Settings
 from ferryman.errors import model_not_found
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.breaker import Breaker, Breakers, Clock, Permit
 from ferryman.pipeline.chain import Handler
-from ferryman.pipeline.retry import FERRYMAN_MADE, is_quota_error
+from ferryman.pipeline.retry import is_quota_error
 from ferryman.upstream import Deployment
 
 # What one try ended as.
