@@ -104,6 +104,7 @@ class GatewaySettings(BaseModel):
     admin_key: str = "env:FERRYMAN_ADMIN_KEY"  # secret reference; unset: no admin API, no dashboard
     max_body_mb: float = Field(32.0, gt=0)  # JSON request bodies
     max_upload_mb: float = Field(512.0, gt=0)  # multipart uploads (files), as OpenAI allows
+    max_concurrent_uploads: int = Field(4, ge=1)  # uploads read at once (each spooled to disk); more: 429
     drain_s: float = Field(30.0, ge=0)  # on shutdown, open streams get this long to finish
     key_cache_s: float = Field(0.5, ge=0)  # a revoked key stops on every instance within this
     access_log: bool = True  # one JSON line per request on stderr (no secrets, no query values)

@@ -39,6 +39,8 @@ from ferryman import catalogue
 MILLION = Decimal(1_000_000)
 LONG_CONTEXT_THRESHOLD = 272_000
 TIERS = ("batches", "flex", "priority")
+# The endpoints whose calls this table prices (by model and tokens): what budgets can hold.
+BILLED_ENDPOINTS = ("/chat/completions", "/responses", "/completions", "/embeddings")
 
 _IN, _OUT = "input_usd_per_1m", "output_usd_per_1m"
 _LONG = "_above_272k_tokens"

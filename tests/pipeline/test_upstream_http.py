@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from ferryman.config import DeploymentSettings
 from ferryman.exchange import Exchange
-from ferryman.gateway.proxy import read_body
+from ferryman.gateway.intake import AsgiBody
 from ferryman.mock.app import MockApp
 from ferryman.mock.server import BackgroundServer, free_port, uvicorn_config
 from ferryman.upstream import ClientSender, Deployment, SessionSender, Upstream
@@ -134,7 +134,7 @@ class CompressingApp:
             return
         encoding = scope["path"].split("/")[1]
         self.accept_encodings.append(dict(scope["headers"]).get(b"accept-encoding", b"").decode())
-        body = await read_body(receive, limit=1 << 20)
+        body = await AsgiBody(receive, None).read(1 << 20)
         compressor = _compressor(encoding)
         if json.loads(body).get("stream"):
             await send({"type": "http.response.start", "status": 200, "headers": [

@@ -4,7 +4,7 @@
 ``/v1/…`` goes straight to :class:`~ferryman.gateway.proxy.Proxy` (a raw ASGI handler: the hot
 path pays for no routing or request objects); everything else is a small Starlette app. The
 pipeline is the in-SDK one (:func:`ferryman.pipeline.build`) with callers' own limits and budgets
-on, and the ownership stage inside the audit stage.
+on, and the gateway's front stages (authentication, intake, ownership) inside the guard.
 
 Shutdown drains: ``/readyz`` turns 503 at once (so a load balancer stops sending), and open
 streams get ``gateway.drain_s`` to finish before the upstream connections close.
@@ -29,11 +29,12 @@ from starlette.routing import Route
 from ferryman.config import Settings
 from ferryman.gateway.access_log import AccessLog
 from ferryman.gateway.admin import AdminAPI
-from ferryman.gateway.auth import Authenticator
+from ferryman.gateway.auth import Authenticate
+from ferryman.gateway.intake import Intake
 from ferryman.gateway.keys import KeyCache, KeyStore
 from ferryman.gateway.ownership import Ownership
 from ferryman.gateway.proxy import Proxy, Receive, Send
-from ferryman.pipeline import build
+from ferryman.pipeline import Stage, build
 from ferryman.pipeline.telemetry import REGISTRY
 from ferryman.secrets import resolve_optional
 from ferryman.store import Store, open_store
@@ -69,17 +70,9 @@ class Gateway:
         self.keys = KeyStore(self.store)
         self.key_cache = KeyCache(self.keys, settings.gateway.key_cache_s)
         self.ownership = Ownership(self.store)
-        self.pipeline = build(
-            settings, store=self.store, transport=transport, principals=True, after_audit=[self.ownership]
-        )
-        g = settings.gateway
-        self.proxy = Proxy(
-            self.pipeline,
-            Authenticator(self.key_cache),
-            AccessLog(g.access_log),
-            max_body=int(g.max_body_mb * 1024 * 1024),
-            max_upload=int(g.max_upload_mb * 1024 * 1024),
-        )
+        front: list[Stage] = [Authenticate(self.key_cache), Intake.from_settings(settings), self.ownership]
+        self.pipeline = build(settings, store=self.store, transport=transport, principals=True, front=front)
+        self.proxy = Proxy(self.pipeline, AccessLog(settings.gateway.access_log))
         OPEN_STREAMS.set_function(lambda: self.proxy.open_streams)
         self.draining = False
         self.admin = AdminAPI(self)

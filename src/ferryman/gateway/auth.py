@@ -2,20 +2,22 @@
 
 The key comes as ``Authorization: Bearer fm-…`` (what every OpenAI SDK sends) or ``api-key:
 fm-…`` (Azure-style clients). Refusals are OpenAI's 401s, and never echo the key: a wrong key,
-a revoked one and an expired one each say what happened, nothing more. A key's allowed models
-(globs) are checked here too, against the requested model, with a 403.
+a revoked one and an expired one each say what happened, nothing more. Authentication is a
+pipeline stage (:class:`Authenticate`), so refusals are audited like calls. A key's allowed
+models (globs) travel on its principal; the intake stage checks them (403).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hmac
-import re
 import time
 
 from ferryman.errors import OpenAIError, missing_key
-from ferryman.exchange import Cap, Principal, Rate
+from ferryman.exchange import Cap, Exchange, Principal, Rate, Reply
 from ferryman.gateway.keys import PREFIX, KeyCache, KeyRecord, TeamRecord
+from ferryman.pipeline.chain import Handler
+from ferryman.pipeline.guard import refusal_reply
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -45,16 +47,34 @@ def principal_of(key: KeyRecord, team: TeamRecord | None) -> Principal:
             caps.append(Cap(f"team:{team.name}", team.budget_period or "month", team.budget_usd))
         if team.rpm or team.tpm:
             rates.append(Rate(f"team:{team.name}", team.rpm, team.tpm))
-    return Principal(id=key.id, team=key.team, user=key.name, caps=tuple(caps), rates=tuple(rates))
+    return Principal(
+        id=key.id, team=key.team, user=key.name, caps=tuple(caps), rates=tuple(rates), models=key.models
+    )
 
 
-class Authenticator:
+# ``Exchange.notes`` key under which the proxy hands over the key the caller presented (taken
+# off at once by the stage: it is never recorded).
+CREDENTIAL_NOTE = "gateway_credential"
+
+
+class Authenticate:
+    """The gateway's first stage after the guard: the caller's virtual key → its
+    :class:`~ferryman.exchange.Principal`, or a 401 that audit and telemetry record under
+    ``anonymous``."""
+
     def __init__(self, cache: KeyCache) -> None:
         self.cache = cache
 
-    async def principal(self, headers: dict[str, str]) -> tuple[Principal, KeyRecord]:
+    async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
+        secret = exchange.notes.pop(CREDENTIAL_NOTE, None)
+        try:
+            exchange.principal = await self.principal(secret)
+        except OpenAIError as error:
+            return refusal_reply(exchange, error.status, error.body(), dict(error.headers))
+        return await call_next(exchange)
+
+    async def principal(self, secret: str | None) -> Principal:
         """The caller, or an :class:`OpenAIError` (401)."""
-        secret = presented_key(headers)
         if secret is None:
             raise missing_key()
         if not secret.startswith(PREFIX) or len(secret) > 256:
@@ -71,23 +91,13 @@ class Authenticator:
             raise _refused("This API key has been revoked.", "key_revoked")
         if state == "expired":
             raise _refused("This API key has expired.", "key_expired")
-        return principal_of(key, team), key
+        return principal_of(key, team)
 
 
-def model_allowed(key: KeyRecord, model: str | None) -> bool:
-    if key.models is None or model is None:
+def model_allowed(principal: Principal, model: str | None) -> bool:
+    if principal.models is None or model is None:
         return True
-    return any(fnmatch.fnmatchcase(model, pattern) for pattern in key.models)
-
-
-# A ``"model": "…"`` member in a JSONL upload (quotes inside JSON strings are escaped, so message
-# text cannot fake one).
-_MODEL_MEMBER = re.compile(rb'(?<!\\)"model"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
-
-
-def models_in_upload(body: bytes) -> set[str]:
-    """The models a batch input file's lines name (read from the raw multipart upload)."""
-    return {m.decode("utf-8", errors="replace") for m in _MODEL_MEMBER.findall(body)}
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in principal.models)
 
 
 def model_refused(model: str) -> OpenAIError:

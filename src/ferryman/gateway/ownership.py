@@ -16,18 +16,19 @@ truth shared by every instance.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from sqlalchemy import Connection, insert, select
 
 from ferryman.errors import OpenAIError
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Handler
-from ferryman.pipeline.retry import FERRYMAN_MADE
 from ferryman.sse import SSEDecoder
 from ferryman.store import Store
 from ferryman.store.tables import owned_objects
@@ -56,12 +57,20 @@ RESPONSE_ACTIONS = frozenset({"input_tokens", "compact"})
 # Fields of a batch or job whose files become the caller's too.
 PRODUCED = ("output_file_id", "error_file_id", "result_files")
 _CACHE_MAX = 100_000
+# Upstream pages read for one list at most (another key's objects may fill many pages).
+MAX_LIST_PAGES = 20
 
 
 def _target(path: str) -> tuple[str, str | None] | None:
     """``/files/file-1/content`` → ("files", "file-1"); ``/files`` → ("files", None);
     ``/fine_tuning/jobs/ftjob-1/events`` → ("fine_tuning", "ftjob-1"); other paths → None."""
     parts = [p for p in path.split("/") if p]
+    # Collections are told apart whatever their case: an upstream that ignored case must not
+    # serve ``/Files/<another key's id>`` past the check.
+    if parts:
+        parts[0] = parts[0].lower()
+        if len(parts) >= 2 and parts[0] in ("chat", "fine_tuning"):
+            parts[1] = parts[1].lower()
     if len(parts) >= 2 and parts[0] == "chat" and parts[1] == "completions":
         parts = ["chat_completions", *parts[2:]]  # stored chat completions (store: true)
     if not parts or parts[0] not in COLLECTIONS:
@@ -187,6 +196,8 @@ class Ownership:
                         exchange.notes[FERRYMAN_MADE] = True
                         exchange.error = "not_found"
                         return _not_found("files", value)
+        if target is not None and target[1] is None and exchange.method == "GET":
+            return await self._list(exchange, call_next, owner, target[0])
         reply = await call_next(exchange)
         if target is None and exchange.path != "/responses":
             return reply
@@ -212,18 +223,7 @@ class Ownership:
         collection = target[0] if target is not None else "responses"
         kind = COLLECTIONS[collection][0]
         if body.get("object") == "list" and isinstance(body.get("data"), list):
-            if target is not None and target[1] is not None:
-                # a list under an object the caller owns (a job's events, a response's input items)
-                return
-            ids = [item.get("id") for item in body["data"] if isinstance(item, dict)]
-            mine = await self.own_among([i for i in ids if isinstance(i, str)], owner)
-            body = dict(body)  # a copy: the parse may be shared with other stages
-            body["data"] = [item for item in body["data"] if isinstance(item, dict) and item.get("id") in mine]
-            if body["data"]:
-                body["first_id"] = body["data"][0].get("id", body.get("first_id"))
-                body["last_id"] = body["data"][-1].get("id", body.get("last_id"))
-            reply.body = orjson.dumps(body)
-            return
+            return  # a list under an object the caller owns (a job's events, a response's input items)
         created: list[tuple[str, str]] = []
         object_id = body.get("id")
         creates = exchange.method == "POST" and (target is None or target[1] is None) and isinstance(object_id, str)
@@ -236,6 +236,53 @@ class Ownership:
                     created.append((produced, "file"))
         if created:
             await self.record(created, owner)
+
+    async def _list(self, exchange: Exchange, call_next: Handler, owner: str, collection: str) -> Reply:
+        """A collection's list, of the caller's own objects only, rebuilt: the upstream's pages
+        are read on (``after`` its last id) until ``limit`` of the caller's objects and one more
+        are found, the upstream has no more, or :data:`MAX_LIST_PAGES` were read; ``first_id``,
+        ``last_id`` and ``has_more`` then describe what the caller may see. A cursor
+        (``after``, ``before``) must be one of the caller's own objects."""
+        params = parse_qsl(exchange.query, keep_blank_values=True)
+        for name, value in params:
+            if name in ("after", "before") and value and await self.owner_of(value) != owner:
+                exchange.notes[FERRYMAN_MADE] = True
+                exchange.error = "not_found"
+                return _not_found(collection, value, name)
+        asked = next((v for k, v in params if k == "limit"), None)
+        limit = int(asked) if asked is not None and asked.isdigit() and 0 < int(asked) <= 10_000 else None
+        mine: list[Any] = []
+        seen: set[str] = set()
+        page = exchange
+        wanted, cut_short = limit or 1, False
+        for pages in range(1, MAX_LIST_PAGES + 1):
+            reply = await call_next(page)
+            if reply.status >= 400 or reply.is_stream:
+                return reply
+            known, body = parsed_reply(page, reply.body)
+            if not known:
+                body = reply.json()
+            if not (isinstance(body, dict) and body.get("object") == "list" and isinstance(body.get("data"), list)):
+                return reply
+            data = [item for item in body["data"] if isinstance(item, dict) and isinstance(item.get("id"), str)]
+            fresh = [item for item in data if item["id"] not in seen]
+            seen.update(item["id"] for item in fresh)
+            own = await self.own_among([item["id"] for item in fresh], owner)
+            mine.extend(item for item in fresh if item["id"] in own)
+            wanted = limit or max(len(body["data"]), 1)  # asked for, or the upstream's own page size
+            more = body.get("has_more") is True and bool(fresh)
+            cut_short = pages == MAX_LIST_PAGES
+            if len(mine) > wanted or not more:
+                break
+            after = [(k, v) for k, v in params if k not in ("after", "before")] + [("after", fresh[-1]["id"])]
+            page = dataclasses.replace(exchange, query=urlencode(after), notes={})
+        rebuilt = dict(body)  # the last page's other members, as the upstream sent them
+        rebuilt["data"] = mine[:wanted]
+        rebuilt["first_id"] = mine[0]["id"] if mine else None
+        rebuilt["last_id"] = rebuilt["data"][-1]["id"] if mine else None
+        rebuilt["has_more"] = len(mine) > wanted or (more and cut_short)
+        reply.body = orjson.dumps(rebuilt)
+        return reply
 
     async def _watch_stream(self, stream: AsyncIterator[bytes], owner: str) -> AsyncIterator[bytes]:
         """A streamed response's id is recorded before the event carrying it reaches the caller."""

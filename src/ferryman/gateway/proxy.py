@@ -1,11 +1,13 @@
 """The ``/v1/…`` proxy: every OpenAI API path, through the pipeline, as a raw ASGI handler.
 
-For each request: read the body (capped: JSON bodies at ``gateway.max_body_mb``, multipart
-uploads at ``gateway.max_upload_mb``, counted while it arrives), authenticate the virtual key,
-check the model against the key's allowlist, turn a malformed JSON body into OpenAI's 400, and
-run the exchange through the pipeline. Unknown paths and fields pass through untouched; the
-caller's own credentials and organisation headers never reach the upstream (its keys live on
-the server only).
+For each request the proxy builds one exchange: the path made canonical from the bytes the
+caller sent (``raw_path``: :mod:`ferryman.apipath`; one with no canonical form, or a request the
+HTTP edge refused for its headers, carries its refusal), only the request headers the API
+defines (:data:`FORWARDED`: never the caller's credentials, cookies, ``x-ferryman-*`` or
+hop-by-hop headers, whatever ``Connection:`` names), the presented key and the unread body.
+Everything else happens in the pipeline, where refusals are audited like calls: the guard
+answers a refused path, :class:`~ferryman.gateway.auth.Authenticate` the key,
+:class:`~ferryman.gateway.intake.Intake` reads and checks the body.
 
 Replies go back with ``x-ferryman-*`` headers. A streamed reply is forwarded chunk by chunk as it
 arrives, never buffered; if the caller leaves, the upstream stream is closed; if the upstream
@@ -27,10 +29,11 @@ import httpx2
 import orjson
 
 from ferryman import redact
-from ferryman.errors import OpenAIError, unparsable_json
-from ferryman.exchange import Exchange, Principal, Reply, merged_headers
+from ferryman.errors import OpenAIError, invalid_url
+from ferryman.exchange import ANONYMOUS, Exchange, Reply, merged_headers
 from ferryman.gateway.access_log import AccessLog
-from ferryman.gateway.auth import Authenticator, model_allowed, model_refused, models_in_upload
+from ferryman.gateway.auth import CREDENTIAL_NOTE, presented_key
+from ferryman.gateway.intake import BODY_NOTE, AsgiBody, declared_length
 from ferryman.pipeline.chain import Pipeline
 from ferryman.transport import ferryman_headers
 
@@ -40,50 +43,41 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("ferryman.gateway")
 
-# The caller's credentials and account headers: the upstream gets the server's own.
-CALLER_ONLY = frozenset({"authorization", "api-key", "openai-organization", "openai-project", "cookie"})
+# The request headers that go upstream (besides ``content-type``, which the intake sets): what
+# the API and its SDKs define. Anything else (credentials, cookies, ``x-ferryman-*``, proxies'
+# and hop-by-hop headers, a caller's invented ones) stays at the gateway.
+FORWARDED = frozenset(
+    {"accept", "content-type", "user-agent", "openai-beta", "idempotency-key", "x-client-request-id"}
+)
+FORWARDED_PREFIXES = ("x-stainless-",)  # the official SDKs' own
 # Reply headers that would tell the caller about the server's account, or set its cookies.
 SERVER_ONLY = frozenset({"openai-organization", "openai-project", "set-cookie", "content-length", "date", "server"})
 STREAMED_PATHS = ("/chat/completions", "/completions", "/responses")
 _ENDINGS = (b"[DONE]", b"response.completed", b"response.incomplete", b"response.failed")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def error_reply(error: OpenAIError) -> Reply:
     return Reply.of_json(error.status, error.body(), dict(error.headers))
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return merged_headers(scope["headers"])
+def forwarded_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The caller's headers that may go upstream, and Ferryman's own ``ferryman-*`` ones (which
+    ``Exchange.build`` takes off)."""
+    named = {n.strip().lower() for n in headers.get("connection", "").split(",")}
+    return {
+        k: v
+        for k, v in headers.items()
+        if k not in named
+        and (k in FORWARDED or k.startswith(FORWARDED_PREFIXES) or (k.startswith("ferryman-") and len(v) <= 4096))
+    }
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("the caller left while sending its request")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge()
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(limit: int) -> OpenAIError:
+def _edge_refusal(scope: Scope) -> OpenAIError | None:
+    refused = scope.get("ferryman.refusal")
+    if not refused:
+        return None
     return OpenAIError(
-        413,
-        f"Request body too large: this gateway accepts at most {limit / (1024 * 1024):g} MiB for this kind of request.",
-        "invalid_request_error",
-        None,
-        "request_too_large",
+        int(refused["status"]), str(refused["message"]), "invalid_request_error", None, str(refused["code"])
     )
 
 
@@ -132,85 +126,57 @@ def _stream_error(message: str, code: str) -> bytes:
 
 
 class Proxy:
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        auth: Authenticator,
-        access: AccessLog,
-        max_body: int,
-        max_upload: int,
-    ) -> None:
+    def __init__(self, pipeline: Pipeline, access: AccessLog) -> None:
         self.pipeline = pipeline
-        self.auth = auth
         self.access = access
-        self.max_body = max_body
-        self.max_upload = max_upload
         self.open_streams = 0
         self.streams_idle = asyncio.Event()
         self.streams_idle.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        headers = _headers(scope)
+        headers = merged_headers(scope["headers"])
         method: str = scope["method"]
-        path: str = scope["path"][3:]  # below /v1
-        key_id = "-"
-        exchange: Exchange | None = None
-        try:
-            principal, key = await self.auth.principal(headers)
-            key_id = principal.id
-            multipart = headers.get("content-type", "").startswith("multipart/")
-            limit = self.max_upload if multipart else self.max_body
-            try:
-                body = await read_body(receive, limit)
-            except BodyTooLarge:
-                raise _too_large(limit) from None
-            exchange = self._exchange(method, path, scope, headers, body, principal)
-            if exchange.model is not None and not model_allowed(key, exchange.model):
-                raise model_refused(exchange.model)
-            if key.models is not None and multipart and path == "/files":  # a batch runs its lines' models
-                for model in sorted(models_in_upload(body)):
-                    if not model_allowed(key, model):
-                        raise model_refused(model)
-        except OpenAIError as error:
-            refusal = error_reply(error)
-            refusal.body = redact.secrets_bytes(refusal.body)  # it may quote the caller's input (a model name)
-            await self._send_plain(send, refusal, None)
-            self.access.write(method, path, error.status, started, key_id, None, scope)
-            return
-        except ConnectionResetError:
-            return
+        exchange = self._exchange(method, scope, headers, receive)
         try:
             reply = await self.pipeline(exchange)
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError:  # the caller left while sending its body
+            self.access.write(method, exchange.path, 499, started, exchange.principal.id, exchange, scope)
+            return
+        except OpenAIError as error:  # a refusal raised from inside (an Azure deployment a model cannot name)
+            reply = error_reply(error)
         except Exception as error:
             failure = upstream_failure(error)
             if failure.status == 500:
-                log.error("gateway: %s %s failed: %s", method, path, redact.secrets(repr(error)))
+                log.error("gateway: %s %s failed: %s", method, exchange.path, redact.secrets(repr(error)))
             exchange.error = exchange.error or type(error).__name__
             reply = error_reply(failure)
         if reply.status >= 400 and not reply.is_stream and reply.body:
-            reply.body = redact.secrets_bytes(reply.body)
+            reply.body = redact.secrets_bytes(reply.body)  # it may quote the caller's input (a model name)
         if reply.is_stream:
             status = await self._send_stream(send, receive, exchange, reply)
         else:
             status = reply.status
             await self._send_plain(send, reply, exchange)
-        self.access.write(method, path, status, started, key_id, exchange, scope)
+        self.access.write(method, exchange.path, status, started, exchange.principal.id, exchange, scope)
 
     @staticmethod
-    def _exchange(
-        method: str, path: str, scope: Scope, headers: dict[str, str], body: bytes, principal: Principal
-    ) -> Exchange:
-        forwarded = {k: v for k, v in headers.items() if k not in CALLER_ONLY}
+    def _exchange(method: str, scope: Scope, headers: dict[str, str], receive: Receive) -> Exchange:
+        raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw = raw.partition(b"?")[0]
         query = scope.get("query_string", b"").decode("latin-1")
-        exchange = Exchange.build(method, path, forwarded, body, query=query, principal=principal)
-        if body and exchange.json is None and "json" in headers.get("content-type", "application/json"):
-            try:
-                orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise unparsable_json() from None
+        if raw.startswith(b"/v1/"):
+            exchange = Exchange.build(method, raw[3:].decode("latin-1"), forwarded_headers(headers), b"", query)
+        else:  # "/v1%2F…": the router saw "/v1/" only once it was decoded
+            exchange = Exchange.build(method, "/", forwarded_headers(headers), b"", query)
+            exchange.path = raw.decode("latin-1")[:256]
+            exchange.refusal = invalid_url(method, exchange.path)
+        exchange.principal = ANONYMOUS
+        exchange.refusal = _edge_refusal(scope) or exchange.refusal
+        exchange.notes[BODY_NOTE] = AsgiBody(receive, declared_length(headers))
+        exchange.notes[CREDENTIAL_NOTE] = presented_key(headers)
         return exchange
 
     async def _send_plain(self, send: Send, reply: Reply, exchange: Exchange | None) -> None:

@@ -58,8 +58,6 @@ class _Call:
 
     exchange: Exchange
     ts: float  # wall-clock start, unix seconds
-    request: bytes  # the body as the caller sent it (inner stages may rewrite exchange.body)
-    request_type: str
     status: int = 0
     reply: bytes = b""
     reply_type: str = ""
@@ -94,7 +92,7 @@ class Audit:
         return cls(store, Chain(store.engine, key), settings.audit.bodies)
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
-        call = _Call(exchange, time.time(), exchange.body, exchange.headers.get("content-type", ""))
+        call = _Call(exchange, time.time())
         try:
             reply = await call_next(exchange)
         except asyncio.CancelledError:
@@ -281,7 +279,12 @@ class Audit:
         counts = TokenCounts.from_usage(usage)
         fields = call.fields
         fields["error"] = fields["error"] or reply_error(call.status, value, mode)
-        fields["request_body"] = render_body(call.request, call.request_type, mode)
+        ex = call.exchange  # the body as the caller sent it (read by then; inner stages may rewrite ex.body)
+        if ex.upload is not None:  # a spooled upload: its form's text fields and its size, not its bytes
+            upload = {**ex.json, "bytes": ex.upload.size} if isinstance(ex.json, dict) else {"bytes": ex.upload.size}
+            fields["request_body"] = render_json(upload, mode)
+        else:
+            fields["request_body"] = render_body(ex.received, ex.headers.get("content-type", ""), mode)
         if call.stream is not None:
             fields["response_body"] = render_json(call.stream.body(call.completed), mode)
         elif value is not None:
@@ -299,7 +302,7 @@ class Audit:
 
 def _body_size(call: _Call) -> int:
     """The bytes (or characters) rendering the record will go through."""
-    return len(call.request) + len(call.reply) + (call.stream.kept_chars if call.stream is not None else 0)
+    return len(call.exchange.received) + len(call.reply) + (call.stream.kept_chars if call.stream is not None else 0)
 
 
 def _cut(value: str | None, limit: int) -> str | None:

@@ -53,12 +53,12 @@ from ferryman.pipeline.budget_stores import (
     settled,
 )
 from ferryman.pipeline.chain import Handler
-from ferryman.pricing import PriceTable, normalise_tier
+from ferryman.pricing import BILLED_ENDPOINTS, PriceTable, normalise_tier
 from ferryman.tokens import count_request_prompt_tokens, endpoint_route, max_output_tokens
 
 log = logging.getLogger("ferryman.budget")
 
-BILLED = ("/chat/completions", "/responses", "/completions", "/embeddings")
+BILLED = BILLED_ENDPOINTS
 CODE = "budget_exceeded"
 
 
