@@ -71,7 +71,8 @@ class Rate:
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a virtual key (gateway), or the process itself (in-SDK). ``models``: the
-    globs of the models a key may use (None: any)."""
+    globs of the models a key may use (None: any). A virtual key's calls bill to its own
+    ``billing_tags`` (its team): a caller's header adds reporting tags, never a budget scope."""
 
     id: str = "process"
     team: str | None = None
@@ -80,6 +81,9 @@ class Principal:
     caps: tuple[Cap, ...] = ()
     rates: tuple[Rate, ...] = ()
     models: tuple[str, ...] | None = None
+    # The tags this caller's calls bill to (budget scopes ``tag:…``), set by who issued the key;
+    # None (the process itself): the ``ferryman-tags`` header's.
+    billing_tags: tuple[tuple[str, str], ...] | None = None
 
 
 # A gateway caller before (or without) a valid virtual key: what its refusals are recorded as.
@@ -107,13 +111,14 @@ def merged_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def parse_tags(raw: str | None) -> dict[str, str]:
-    """``team=a,feature=search`` → ``{"team": "a", "feature": "search"}`` (bad pairs skipped)."""
+    """``team=a,feature=search`` → ``{"team": "a", "feature": "search"}``, one canonical way: names
+    lower-cased, the first of a repeated name kept, bad pairs skipped, at most 32 tags."""
     tags: dict[str, str] = {}
-    for part in (raw or "").split(","):
+    for part in (raw or "").split(",")[:256]:
         key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if sep and key and value:
-            tags[key[:64]] = value[:256]
+        key, value = key.strip().lower()[:64], value.strip()[:256]
+        if sep and key and value and key not in tags and len(tags) < 32:
+            tags[key] = value
     return tags
 
 

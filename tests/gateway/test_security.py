@@ -406,11 +406,34 @@ def test_malformed_json_answers_400(gateway, ferryman_mock):
     assert ferryman_mock.requests() == []
 
 
-def test_unknown_paths_and_fields_pass_through_untouched(gateway, ferryman_mock):
-    """A /v1 path the gateway does not know goes to the upstream as it is (method, path, query)
-    and its answer comes back as it is; a field the gateway does not know reaches the upstream in
-    the body unchanged."""
+def test_collections_that_are_not_isolated_are_refused_unless_passed_through(gateway, ferryman_mock):
+    """A collection Ferryman does not isolate between keys (assistants, threads, an unknown one)
+    is a 403 `not_isolated` for a virtual key, as is a body naming one (`assistant_id`), and the
+    upstream sees nothing; `gateway.pass_through` lets an operator allow one."""
     gw = gateway()
+    auth = {"authorization": f"Bearer {gw.new_key()}"}
+    ferryman_mock.clear_requests()
+    for method, path, body in [
+        ("GET", "/assistants/asst_1", None),
+        ("POST", "/threads", {}),
+        ("POST", "/made/up/thing", {"a": 1}),
+        ("GET", "/fine_tuning/checkpoints/ckpt_1/permissions", None),
+        ("POST", "/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES, "assistant_id": "asst_1"}),
+    ]:
+        refused = httpx2.request(method, gw.base_url + path, json=body, headers=auth)
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["error"]["code"] == "not_isolated"
+    assert ferryman_mock.requests() == []
+    opened = gateway(gateway={"pass_through": ["assistants"]})
+    got = httpx2.get(opened.base_url + "/assistants/asst_1", headers={"authorization": f"Bearer {opened.new_key()}"})
+    assert got.status_code == 404 and got.json()["error"]["message"] == "Invalid URL (GET /v1/assistants/asst_1)"
+
+
+def test_unknown_paths_and_fields_pass_through_untouched(gateway, ferryman_mock):
+    """A /v1 path the gateway does not know, once passed through (`gateway.pass_through`), goes
+    to the upstream as it is (method, path, query) and its answer comes back as it is; a field
+    the gateway does not know reaches the upstream in the body unchanged."""
+    gw = gateway(gateway={"pass_through": ["made", "assistants"]})
     key = gw.new_key()
     auth = {"authorization": f"Bearer {key}"}
     direct = httpx2.post(ferryman_mock.base_url + "/made/up/thing?x=1&y=two", json={"a": [1, 2]}).json()

@@ -69,7 +69,7 @@ class Gateway:
         self.store = store or open_store(settings)
         self.keys = KeyStore(self.store)
         self.key_cache = KeyCache(self.keys, settings.gateway.key_cache_s)
-        self.ownership = Ownership(self.store)
+        self.ownership = Ownership(self.store, settings.gateway.pass_through)
         front: list[Stage] = [Authenticate(self.key_cache), Intake.from_settings(settings), self.ownership]
         self.pipeline = build(settings, store=self.store, transport=transport, principals=True, front=front)
         self.proxy = Proxy(self.pipeline, AccessLog(settings.gateway.access_log))

@@ -47,8 +47,15 @@ def principal_of(key: KeyRecord, team: TeamRecord | None) -> Principal:
             caps.append(Cap(f"team:{team.name}", team.budget_period or "month", team.budget_usd))
         if team.rpm or team.tpm:
             rates.append(Rate(f"team:{team.name}", team.rpm, team.tpm))
+    billing = (("team", key.team),) if key.team else ()
     return Principal(
-        id=key.id, team=key.team, user=key.name, caps=tuple(caps), rates=tuple(rates), models=key.models
+        id=key.id,
+        team=key.team,
+        user=key.name,
+        caps=tuple(caps),
+        rates=tuple(rates),
+        models=key.models,
+        billing_tags=billing,
     )
 
 
@@ -68,9 +75,11 @@ class Authenticate:
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
         secret = exchange.notes.pop(CREDENTIAL_NOTE, None)
         try:
-            exchange.principal = await self.principal(secret)
+            exchange.principal = principal = await self.principal(secret)
         except OpenAIError as error:
             return refusal_reply(exchange, error.status, error.body(), dict(error.headers))
+        # The key's own tags win over the caller's: a header reports, it never bills.
+        exchange.tags = {**exchange.tags, **dict(principal.billing_tags or ())}
         return await call_next(exchange)
 
     async def principal(self, secret: str | None) -> Principal:

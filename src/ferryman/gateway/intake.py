@@ -39,6 +39,7 @@ from ferryman import endpoints
 from ferryman.errors import OpenAIError, invalid_request, unparsable_json
 from ferryman.exchange import Exchange, Reply
 from ferryman.gateway.auth import model_allowed, model_refused
+from ferryman.gateway.objects import UPLOAD_MODELS
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.guard import refusal_reply
 from ferryman.pricing import BILLED_ENDPOINTS
@@ -370,8 +371,9 @@ class Intake:
                 exchange.json = dict(form.fields)
                 exchange.upload = spool
                 exchange.learn_request()
-                if exchange.principal.models is not None and form.files:
-                    await self._check_lines(exchange, spool, boundary, form.fields.get("purpose") == "batch")
+                batch = form.fields.get("purpose") == "batch"
+                if form.files and (batch or exchange.principal.models is not None):
+                    await self._check_lines(exchange, spool, boundary, batch)
             except BodyTooLarge:
                 spool.close()
                 raise too_large(self.max_upload) from None
@@ -383,8 +385,11 @@ class Intake:
 
     async def _check_lines(self, exchange: Exchange, spool: Spool, boundary: bytes, batch: bool) -> None:
         """Every JSON line of the uploaded files that names a model (a Batch API input) must name
-        one the key may use; in a batch file every line must be checkable."""
+        one the key may use; in a batch file every line must be checkable. The models named are
+        left for the ownership stage (a fine-tuned model must be the key's own)."""
         principal = exchange.principal
+        named: set[str] = set()
+        exchange.notes[UPLOAD_MODELS] = named
 
         def check(number: int, line: bytes) -> None:
             if not line:
@@ -403,6 +408,9 @@ class Intake:
             for model in _models_of(parsed):
                 if not isinstance(model, str) or not model_allowed(principal, model):
                     raise model_refused(str(model)[:256])
+                if len(named) >= 10_000 and model not in named:
+                    raise invalid_request("The batch file names more than 10,000 different models.", "file")
+                named.add(model)
 
         form = Form(boundary, Lines(check, self.max_body))
         async for chunk in spool.chunks():

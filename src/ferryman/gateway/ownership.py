@@ -1,14 +1,13 @@
-"""Isolation of stored objects: a virtual key sees only the files, batches, fine-tuning jobs and
-stored responses it created; another key's id answers 404, as if it did not exist.
+"""Isolation of stored objects: a virtual key sees only the objects it created; another key's id
+answers 404, as if it did not exist, and kinds Ferryman does not track are refused.
 
 Every object the upstream creates for a key is recorded (``owned_objects``) before its id
-reaches the caller: on the create reply, on a streamed response's first event, and for the
-files a batch or a job produces (output, error and result files), when the caller reads the
-batch or job. Requests naming an object (in the path, or as ``input_file_id``,
-``training_file``, ``validation_file``, ``previous_response_id`` in the body, or as a file inside
-the input: :func:`named_files`) are checked before they leave; lists are filtered to the key's
-own objects. The same holds for stored chat completions (``store: true``), conversations,
-vector stores, uploads and containers.
+reaches the caller: on the create reply, on a streamed response's first event, and for what a
+batch or a job produces (output, error and result files, the fine-tuned model and its
+checkpoints) when the caller reads the batch or job. Requests naming an object, in the path,
+the body (at any depth) or a list's cursor, are checked before they leave (where ids occur:
+:mod:`ferryman.gateway.objects`); lists are rebuilt from the key's own objects
+(``GET /v1/models``: base models and the key's own fine-tuned ones).
 
 Ownership never changes, so positive answers are kept in memory (bounded); the table is the
 truth shared by every instance.
@@ -18,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -27,97 +26,47 @@ from sqlalchemy import Connection, insert, select
 
 from ferryman.errors import OpenAIError
 from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
+from ferryman.gateway import objects
+from ferryman.gateway.objects import COLLECTIONS, PRODUCED, UPLOAD_MODELS
 from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Handler
 from ferryman.sse import SSEDecoder
 from ferryman.store import Store
 from ferryman.store.tables import owned_objects
 
-# The first path segment → (kind, the 404 message for an id)
-COLLECTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
-    "files": ("file", lambda i: f"No such File object: {i}"),
-    "batches": ("batch", lambda i: f"No batch found with id '{i}'."),
-    "fine_tuning": ("ftjob", lambda i: f"Could not find fine-tune job: {i}"),
-    "responses": ("response", lambda i: f"Response with id '{i}' not found."),
-    "chat_completions": ("chatcmpl", lambda i: f"Completion with id '{i}' not found."),
-    "conversations": ("conversation", lambda i: f"Conversation with id '{i}' not found."),
-    "vector_stores": ("vector_store", lambda i: f"No vector store found with id '{i}'."),
-    "uploads": ("upload", lambda i: f"No upload found with id '{i}'."),
-    "containers": ("container", lambda i: f"Container with id '{i}' not found."),
-}
-# Body fields that name an object the caller must own.
-REFERENCES = {
-    "input_file_id": "files",
-    "training_file": "files",
-    "validation_file": "files",
-    "previous_response_id": "responses",
-}
-# ``/responses/<name>`` paths that are not a response id (``POST /responses/input_tokens``).
-RESPONSE_ACTIONS = frozenset({"input_tokens", "compact"})
-# Fields of a batch or job whose files become the caller's too.
-PRODUCED = ("output_file_id", "error_file_id", "result_files")
 _CACHE_MAX = 100_000
 # Upstream pages read for one list at most (another key's objects may fill many pages).
 MAX_LIST_PAGES = 20
 
 
-def _target(path: str) -> tuple[str, str | None] | None:
-    """``/files/file-1/content`` → ("files", "file-1"); ``/files`` → ("files", None);
-    ``/fine_tuning/jobs/ftjob-1/events`` → ("fine_tuning", "ftjob-1"); other paths → None."""
-    parts = [p for p in path.split("/") if p]
-    # Collections are told apart whatever their case: an upstream that ignored case must not
-    # serve ``/Files/<another key's id>`` past the check.
-    if parts:
-        parts[0] = parts[0].lower()
-        if len(parts) >= 2 and parts[0] in ("chat", "fine_tuning"):
-            parts[1] = parts[1].lower()
-    if len(parts) >= 2 and parts[0] == "chat" and parts[1] == "completions":
-        parts = ["chat_completions", *parts[2:]]  # stored chat completions (store: true)
-    if not parts or parts[0] not in COLLECTIONS:
-        return None
-    if parts[0] == "fine_tuning":
-        if len(parts) < 2 or parts[1] != "jobs":
-            return None  # checkpoints' permissions and the like: not per-key objects
-        parts = parts[1:]
-    if parts[0] == "responses" and len(parts) == 2 and parts[1] in RESPONSE_ACTIONS:
-        return None  # an action on new input, not a stored response's id
-    return parts[0] if parts[0] != "jobs" else "fine_tuning", (parts[1] if len(parts) > 1 else None)
-
-
-def named_files(value: Any) -> Iterator[str]:
-    """File ids named inside a request: ``input_file`` / ``input_image`` parts (Responses), a chat
-    ``file`` part's ``file.file_id``, and ``file_ids`` lists (a code interpreter's container)."""
-    if isinstance(value, list):
-        for item in value:
-            yield from named_files(item)
-        return
-    if not isinstance(value, dict):
-        return
-    kind = value.get("type")
-    if kind in ("input_file", "input_image") and isinstance(value.get("file_id"), str):
-        yield value["file_id"]
-    elif kind == "file" and isinstance(value.get("file"), dict) and isinstance(value["file"].get("file_id"), str):
-        yield value["file"]["file_id"]
-    ids = value.get("file_ids")
-    if isinstance(ids, list):
-        yield from (i for i in ids if isinstance(i, str))
-    for item in value.values():
-        if isinstance(item, dict | list):
-            yield from named_files(item)
-
-
 def _not_found(collection: str, object_id: str, param: str | None = None) -> Reply:
-    message = COLLECTIONS[collection][1]
-    error = OpenAIError(404, message(object_id), "invalid_request_error", param, None)
+    _, message, own_param, code = COLLECTIONS[collection]
+    error = OpenAIError(404, message(object_id), "invalid_request_error", param or own_param, code)
     return Reply.of_json(404, error.body())
+
+
+def _not_isolated(what: str) -> Reply:
+    error = OpenAIError(
+        403,
+        f"{what} is not isolated between this gateway's keys, so virtual keys may not use it "
+        "(an operator can allow it with gateway.pass_through).",
+        "invalid_request_error",
+        None,
+        "not_isolated",
+    )
+    return Reply.of_json(403, error.body())
 
 
 class Ownership:
     """The gateway's stage, placed right inside the audit stage."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, pass_through: list[str] | tuple[str, ...] = ()) -> None:
         self.store = store
         self._known: dict[str, str] = {}  # object id → owner
+        # Path collections (``assistants``) the operator lets virtual keys reach unisolated; the
+        # matching body fields (``assistant_id``) go with them.
+        self.pass_through = frozenset(p.strip("/").lower() for p in pass_through)
+        self.pass_through_kinds = frozenset(p.rstrip("s") for p in self.pass_through)
 
     # -- the table ----------------------------------------------------------------------------
 
@@ -176,26 +125,12 @@ class Ownership:
         owner = exchange.principal.id
         if owner == "process":  # not a virtual key: nothing to isolate
             return await call_next(exchange)
-        target = _target(exchange.path)
-        if target is not None and target[1] is not None:
-            collection, object_id = target[0], target[1]
-            if await self.owner_of(object_id) != owner:
-                exchange.notes[FERRYMAN_MADE] = True
-                exchange.error = "not_found"
-                return _not_found(collection, object_id)
-        if exchange.method == "POST" and isinstance(exchange.json, dict):
-            for field, collection in REFERENCES.items():
-                value = exchange.json.get(field)
-                if isinstance(value, str) and await self.owner_of(value) != owner:
-                    exchange.notes[FERRYMAN_MADE] = True
-                    exchange.error = "not_found"
-                    return _not_found(collection, value, field)
-            if b"file_id" in exchange.body:  # a file named inside the input is read as surely
-                for value in named_files(exchange.json):
-                    if await self.owner_of(value) != owner:
-                        exchange.notes[FERRYMAN_MADE] = True
-                        exchange.error = "not_found"
-                        return _not_found("files", value)
+        refusal = await self._check(exchange, owner)
+        if refusal is not None:
+            exchange.notes[FERRYMAN_MADE] = True
+            exchange.error = exchange.error or ("not_found" if refusal.status == 404 else "not_isolated")
+            return refusal
+        target = objects.target(exchange.path)
         if target is not None and target[1] is None and exchange.method == "GET":
             return await self._list(exchange, call_next, owner, target[0])
         reply = await call_next(exchange)
@@ -214,6 +149,29 @@ class Ownership:
         await self._after(exchange, reply, owner, target)
         return reply
 
+    async def _check(self, exchange: Exchange, owner: str) -> Reply | None:
+        """A refusal when the request names what the caller does not own, or a kind that is not
+        isolated; None when it may go."""
+        if not objects.isolated(exchange.path, self.pass_through):
+            return _not_isolated(f"/v1/{exchange.path.strip('/').split('/')[0]}")
+        target = objects.target(exchange.path)
+        if target is not None and target[1] is not None and await self.owner_of(target[1]) != owner:
+            return _not_found(target[0], target[1])
+        body = exchange.json
+        if isinstance(body, dict | list) and any(marker in exchange.body for marker in objects.MARKERS):
+            for collection, object_id, field in objects.named_ids(body):
+                if collection is None:
+                    if field.removesuffix("_id") not in self.pass_through_kinds:
+                        return _not_isolated(f"`{field}`")
+                elif await self.owner_of(object_id) != owner:
+                    return _not_found(collection, object_id, field)
+        elif objects.fine_tuned(exchange.model) and await self.owner_of(str(exchange.model)) != owner:
+            return _not_found("models", str(exchange.model), "model")  # a form's model (audio)
+        for model in exchange.notes.get(UPLOAD_MODELS, ()):  # the models a batch file's lines name
+            if objects.fine_tuned(model) and await self.owner_of(model) != owner:
+                return _not_found("models", model, "file")
+        return None
+
     async def _after(self, exchange: Exchange, reply: Reply, owner: str, target: tuple[str, str | None] | None) -> None:
         seen, body = parsed_reply(exchange, reply.body)  # the account stage's parse, when it made one
         if not seen:
@@ -223,19 +181,16 @@ class Ownership:
         collection = target[0] if target is not None else "responses"
         kind = COLLECTIONS[collection][0]
         if body.get("object") == "list" and isinstance(body.get("data"), list):
-            return  # a list under an object the caller owns (a job's events, a response's input items)
-        created: list[tuple[str, str]] = []
-        object_id = body.get("id")
-        creates = exchange.method == "POST" and (target is None or target[1] is None) and isinstance(object_id, str)
-        if creates and (collection != "responses" or body.get("store", True) is not False):
-            created.append((str(object_id), kind))
-        for field in PRODUCED:
-            value = body.get(field)
-            for produced in value if isinstance(value, list) else [value]:
-                if isinstance(produced, str):
-                    created.append((produced, "file"))
-        if created:
-            await self.record(created, owner)
+            # a list under an object the caller owns (a job's events and checkpoints, a response's
+            # input items): what it names the job produced is the caller's too
+            items = [item for item in body["data"] if isinstance(item, dict)]
+            checkpoints = [
+                (i["fine_tuned_model_checkpoint"], "model") for i in items if _named(i, "fine_tuned_model_checkpoint")
+            ]
+            if checkpoints:
+                await self.record(checkpoints, owner)
+            return
+        await self.record(_created(exchange, body, target, kind), owner)
 
     async def _list(self, exchange: Exchange, call_next: Handler, owner: str, collection: str) -> Reply:
         """A collection's list, of the caller's own objects only, rebuilt: the upstream's pages
@@ -268,7 +223,8 @@ class Ownership:
             fresh = [item for item in data if item["id"] not in seen]
             seen.update(item["id"] for item in fresh)
             own = await self.own_among([item["id"] for item in fresh], owner)
-            mine.extend(item for item in fresh if item["id"] in own)
+            mine.extend(item for item in fresh if item["id"] in own or _public(collection, item["id"]))
+            await self.record([p for item in fresh if item["id"] in own for p in _produced(item)], owner)
             wanted = limit or max(len(body["data"]), 1)  # asked for, or the upstream's own page size
             more = body.get("has_more") is True and bool(fresh)
             cut_short = pages == MAX_LIST_PAGES
@@ -305,3 +261,33 @@ class Ownership:
                         found = True
                         break
             yield chunk
+
+
+def _named(item: dict[str, Any], field: str) -> bool:
+    return isinstance(item.get(field), str)
+
+
+def _public(collection: str, object_id: str) -> bool:
+    """Listed to every key: the base models (a fine-tuned one is its maker's)."""
+    return collection == "models" and not objects.fine_tuned(object_id)
+
+
+def _produced(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a batch or a job made (files, the fine-tuned model), as ``(id, kind)``."""
+    found: list[tuple[str, str]] = []
+    for field, kind in PRODUCED.items():
+        value = body.get(field)
+        found.extend((v, kind) for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return found
+
+
+def _created(
+    exchange: Exchange, body: dict[str, Any], target: tuple[str, str | None] | None, kind: str
+) -> list[tuple[str, str]]:
+    """The object a reply creates (a POST to a collection), and what it produced."""
+    created = _produced(body)
+    object_id = body.get("id")
+    creates = exchange.method == "POST" and (target is None or target[1] is None) and isinstance(object_id, str)
+    if creates and (kind != "response" or body.get("store", True) is not False):
+        created.append((str(object_id), kind))
+    return created

@@ -90,10 +90,12 @@ def scope_of(scope: str, exchange: Exchange) -> str | None:
     if kind == "key":
         return scope if exchange.principal.id == rest else None
     name, sep, value = rest.partition("=")
-    actual = exchange.tags.get(name)
-    if actual is None or (sep and actual != value):
+    billing = exchange.principal.billing_tags
+    tags = exchange.tags if billing is None else dict(billing)  # a virtual key bills to its own tags only
+    actual = tags.get(name.lower())
+    if actual is None or (sep and actual.casefold() != value.casefold()):
         return None
-    return f"tag:{name}={actual}"
+    return f"tag:{name.lower()}={actual.casefold()}"
 
 
 class Budget:
