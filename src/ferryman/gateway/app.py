@@ -70,12 +70,14 @@ class Gateway:
         self.keys = KeyStore(self.store)
         self.key_cache = KeyCache(self.keys, settings.gateway.key_cache_s)
         self.ownership = Ownership(self.store, settings.gateway.pass_through)
-        front: list[Stage] = [Authenticate(self.key_cache), Intake.from_settings(settings), self.ownership]
+        auth = Authenticate(self.key_cache)
+        front: list[Stage] = [auth, Intake.from_settings(settings), self.ownership]
         self.pipeline = build(settings, store=self.store, transport=transport, principals=True, front=front)
-        self.proxy = Proxy(self.pipeline, AccessLog(settings.gateway.access_log))
+        self.proxy = Proxy(self.pipeline, AccessLog(settings.gateway.access_log), auth)
         OPEN_STREAMS.set_function(lambda: self.proxy.open_streams)
         self.draining = False
         self.admin = AdminAPI(self)
+        self.admin_secret()  # resolved once now, so redaction knows it before any request quotes it
         self.router = Starlette(
             routes=[
                 Route("/healthz", self.healthz),

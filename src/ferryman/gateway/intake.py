@@ -195,10 +195,12 @@ class Form:
         self._value.clear()
 
     def _headers_done(self) -> None:
-        _, options = parse_options_header(self._headers.get("content-disposition", b""))
+        disposition = self._headers.get("content-disposition", b"")
+        _, options = parse_options_header(disposition)
         name = options.get(b"name")
         self._name = name.decode("utf-8", "replace") if name else ""
-        self._file = b"filename" in options or b"filename*" in options
+        # ``filename*=UTF-8''…`` (RFC 5987) is a file too, though parse_options_header drops it
+        self._file = b"filename" in options or b"filename" in disposition.lower()
         if not self._file and self._name in self.fields:
             self.error = invalid_request(f"The form field `{self._name[:64]}` is given more than once.", self._name)
         elif len(self.fields) >= _MAX_FIELDS:

@@ -34,6 +34,7 @@ COLLECTIONS: dict[str, tuple[str, Callable[[str], str], str | None, str | None]]
     "vector_stores": ("vector_store", lambda i: f"No vector store found with id '{i}'.", None, None),
     "uploads": ("upload", lambda i: f"No upload found with id '{i}'.", None, None),
     "containers": ("container", lambda i: f"Container with id '{i}' not found.", None, None),
+    "items": ("item", lambda i: f"Item with id '{i}' not found.", "input", None),
     "models": (
         "model",
         lambda i: f"The model `{i}` does not exist or you do not have access to it.",
@@ -63,7 +64,7 @@ ID_FIELDS: dict[str, str | None] = {
 UPLOAD_MODELS = "upload_models"
 # Raw-body markers: a body holding none of them names no object (one quick look first). The
 # gateway forwards its own serialisation, so a name cannot hide behind ``\u`` escapes.
-MARKERS = (b"file", b"_id", b"vector_store", b"container", b"conversation")
+MARKERS = (b"file", b"_id", b"vector_store", b"container", b"conversation", b'"id"')
 # First path segments a virtual key may use (with, where given, the second segments allowed).
 ISOLATED: dict[str, frozenset[str] | None] = {
     "chat": frozenset({"completions"}),
@@ -149,6 +150,9 @@ def named_ids(value: Any, depth: int = 0) -> Iterator[tuple[str | None, str, str
         return
     if not isinstance(value, dict):
         return
+    reference = value.get("type") == "item_reference" or (len(value) == 1 and "id" in value)
+    if reference and isinstance(value.get("id"), str):  # an input naming a stored item by its id
+        yield "items", value["id"], "input"
     for key, item in value.items():
         if key == "annotations":
             continue  # output metadata sent back as history: names nothing to read
@@ -166,3 +170,10 @@ def named_ids(value: Any, depth: int = 0) -> Iterator[tuple[str | None, str, str
             yield "models", item, key
         if isinstance(item, dict | list):
             yield from named_ids(item, depth + 1)
+
+
+def form_field(name: str) -> str:
+    """A multipart form's field name as the API reads it: ``images[0][file_id]`` → ``file_id``."""
+    if name.endswith("]") and "[" in name:
+        return name[name.rindex("[") + 1 : -1]
+    return name

@@ -37,6 +37,9 @@ from ferryman.store.tables import owned_objects
 _CACHE_MAX = 100_000
 # Upstream pages read for one list at most (another key's objects may fill many pages).
 MAX_LIST_PAGES = 20
+SCAN_PAGE = 100
+# The API's default page size where a caller names no limit (files: all of them, up to 10,000).
+DEFAULT_LIMITS = {"files": 10_000, "models": 10_000}  # the largest page every list endpoint of the API serves
 
 
 def _not_found(collection: str, object_id: str, param: str | None = None) -> Reply:
@@ -158,7 +161,10 @@ class Ownership:
         if target is not None and target[1] is not None and await self.owner_of(target[1]) != owner:
             return _not_found(target[0], target[1])
         body = exchange.json
-        if isinstance(body, dict | list) and any(marker in exchange.body for marker in objects.MARKERS):
+        if exchange.upload is not None and isinstance(body, dict):  # a form: ``images[0][file_id]`` names a file_id
+            body = {objects.form_field(k): v for k, v in body.items()}
+        marked = exchange.upload is not None or any(marker in exchange.body for marker in objects.MARKERS)
+        if isinstance(body, dict | list) and marked:
             for collection, object_id, field in objects.named_ids(body):
                 if collection is None:
                     if field.removesuffix("_id") not in self.pass_through_kinds:
@@ -208,7 +214,10 @@ class Ownership:
         limit = int(asked) if asked is not None and asked.isdigit() and 0 < int(asked) <= 10_000 else None
         mine: list[Any] = []
         seen: set[str] = set()
-        page = exchange
+        # The upstream is read in large pages whatever the caller's limit (another key's objects
+        # may be many), and the list cut to that limit once rebuilt.
+        scan = [(k, v) for k, v in params if k != "limit"] + [("limit", str(max(limit or 0, SCAN_PAGE)))]
+        page = dataclasses.replace(exchange, query=urlencode(scan), notes={})
         wanted, cut_short = limit or 1, False
         for pages in range(1, MAX_LIST_PAGES + 1):
             reply = await call_next(page)
@@ -225,12 +234,13 @@ class Ownership:
             own = await self.own_among([item["id"] for item in fresh], owner)
             mine.extend(item for item in fresh if item["id"] in own or _public(collection, item["id"]))
             await self.record([p for item in fresh if item["id"] in own for p in _produced(item)], owner)
-            wanted = limit or max(len(body["data"]), 1)  # asked for, or the upstream's own page size
+            wanted = limit or DEFAULT_LIMITS.get(collection, 20)  # asked for, or the API's default
             more = body.get("has_more") is True and bool(fresh)
             cut_short = pages == MAX_LIST_PAGES
             if len(mine) > wanted or not more:
                 break
-            after = [(k, v) for k, v in params if k not in ("after", "before")] + [("after", fresh[-1]["id"])]
+            after = [(k, v) for k, v in params if k not in ("after", "before", "limit")]
+            after += [("after", fresh[-1]["id"]), ("limit", str(max(wanted, SCAN_PAGE)))]
             page = dataclasses.replace(exchange, query=urlencode(after), notes={})
         rebuilt = dict(body)  # the last page's other members, as the upstream sent them
         rebuilt["data"] = mine[:wanted]
@@ -241,26 +251,34 @@ class Ownership:
         return reply
 
     async def _watch_stream(self, stream: AsyncIterator[bytes], owner: str) -> AsyncIterator[bytes]:
-        """A streamed response's id is recorded before the event carrying it reaches the caller."""
+        """A streamed response's id, and each of its output items' ids, are recorded before the
+        event carrying them reaches the caller (a stored response's items can be referenced
+        later, by their owner only)."""
         decoder = SSEDecoder()
-        found = False
+        stored = True
         async for chunk in stream:
-            if not found:
+            if stored:
                 for event in decoder.feed(chunk):
-                    data = event.data
-                    if '"response"' not in data:
-                        continue
-                    try:
-                        payload = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        continue
-                    response = payload.get("response") if isinstance(payload, dict) else None
+                    payload = _event_json(event.data)
+                    response = payload.get("response")
                     if isinstance(response, dict) and isinstance(response.get("id"), str):
-                        if response.get("store", True):
+                        stored = response.get("store", True) is not False
+                        if stored:
                             await self.record([(response["id"], "response")], owner)
-                        found = True
-                        break
+                    item = payload.get("item")
+                    if stored and isinstance(item, dict) and isinstance(item.get("id"), str):
+                        await self.record([(item["id"], "item")], owner)
             yield chunk
+
+
+def _event_json(data: str) -> dict[str, Any]:
+    if '"response"' not in data and '"item"' not in data:
+        return {}
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _named(item: dict[str, Any], field: str) -> bool:
@@ -286,6 +304,9 @@ def _created(
 ) -> list[tuple[str, str]]:
     """The object a reply creates (a POST to a collection), and what it produced."""
     created = _produced(body)
+    output = body.get("output") if kind == "response" and body.get("store", True) is not False else None
+    if isinstance(output, list):  # a stored response's output items can be referenced later
+        created += [(i["id"], "item") for i in output if isinstance(i, dict) and isinstance(i.get("id"), str)]
     object_id = body.get("id")
     creates = exchange.method == "POST" and (target is None or target[1] is None) and isinstance(object_id, str)
     if creates and (kind != "response" or body.get("store", True) is not False):

@@ -32,7 +32,7 @@ from ferryman import redact
 from ferryman.errors import OpenAIError, invalid_url
 from ferryman.exchange import ANONYMOUS, Exchange, Reply, merged_headers
 from ferryman.gateway.access_log import AccessLog
-from ferryman.gateway.auth import CREDENTIAL_NOTE, presented_key
+from ferryman.gateway.auth import CREDENTIAL_NOTE, Authenticate, presented_key
 from ferryman.gateway.intake import BODY_NOTE, AsgiBody, declared_length
 from ferryman.pipeline.chain import Pipeline
 from ferryman.transport import ferryman_headers
@@ -126,9 +126,10 @@ def _stream_error(message: str, code: str) -> bytes:
 
 
 class Proxy:
-    def __init__(self, pipeline: Pipeline, access: AccessLog) -> None:
+    def __init__(self, pipeline: Pipeline, access: AccessLog, auth: Authenticate | None = None) -> None:
         self.pipeline = pipeline
         self.access = access
+        self.auth = auth  # to name who sent a request the guard will refuse (for the record only)
         self.open_streams = 0
         self.streams_idle = asyncio.Event()
         self.streams_idle.set()
@@ -138,6 +139,10 @@ class Proxy:
         headers = merged_headers(scope["headers"])
         method: str = scope["method"]
         exchange = self._exchange(method, scope, headers, receive)
+        if exchange.refusal is not None and self.auth is not None:
+            # The guard refuses it before authentication; the record still names a valid key.
+            with contextlib.suppress(OpenAIError):
+                exchange.principal = await self.auth.principal(exchange.notes.get(CREDENTIAL_NOTE))
         try:
             reply = await self.pipeline(exchange)
         except asyncio.CancelledError:
