@@ -40,7 +40,9 @@ from tests.gateway.processes import start_gateway as start
 
 MESSAGES = [{"role": "user", "content": "Tell me about the river."}]
 WORKERS = 12  # half plain, half streamed
-SLOW_STREAM = "chunk_delay_ms=8"  # per request, to the mock: streams stay open for a while
+# A mock fault rule (control API): streams stay open for a while. It matches every chat call, but a
+# chunk delay only acts between stream chunks, so the plain calls are answered as fast as ever.
+SLOW_STREAM = "path=/v1/chat/completions;chunk_delay_ms=8"
 KILL_AFTER = 40  # completed replies before the kill, of which at least
 STREAMS_BEFORE_KILL = 4  # this many streams
 
@@ -84,7 +86,6 @@ async def _stream(client: openai.AsyncOpenAI, load: Load) -> None:
             messages=MESSAGES,
             stream=True,
             stream_options={"include_usage": True},
-            extra_headers={"x-ferryman-fault": SLOW_STREAM},
         ) as response:
             request_id = response.headers["x-request-id"]
             seen_done = False
@@ -159,11 +160,13 @@ def test_kill_9_under_load_leaves_a_verifiable_chain_and_a_row_for_every_complet
 ):
     env = gateway_env(ferryman_mock.base_url, tmp_path / "data")
     gateway = start(env, tmp_path, "--store", store_url)
+    ferryman_mock.set_faults([SLOW_STREAM])
     try:
         gateway.wait_ready()
         key, key_id = gateway.create_key("crash")
         load = asyncio.run(_load_then_kill(gateway, key))
     finally:
+        ferryman_mock.set_faults([])  # not for the restarted gateway's call, nor a later test
         gateway.stop()
     assert gateway.process.returncode == -9
     gateway.assert_no_secrets_logged()

@@ -25,6 +25,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from ferryman.gateway.keys import parse_budget
+from ferryman.mock.control_client import MockControl
 from tests.gateway.conftest import ADMIN_KEY
 from tests.leak_guard import assert_no_secrets
 
@@ -62,7 +63,7 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, f"script errors in the dashboard: {errors}"
 
 
-def populate(gw: Any) -> dict[str, str]:
+def populate(gw: Any, mock: MockControl) -> dict[str, str]:
     """Calls through the SDK so every panel has something to show; returns the key names."""
     gw.server.call(gw.gateway.keys.set_team("research", budget=parse_budget("1/day")))
     alpha = gw.client(gw.new_key(name="team-alpha", budget="0.001/month"))
@@ -77,10 +78,12 @@ def populate(gw: Any) -> dict[str, str]:
     slow.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     with pytest.raises(openai.RateLimitError):  # rpm=1: the second call in the minute is refused
         slow.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    with pytest.raises(openai.BadRequestError):  # the upstream fails this one
-        batch.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-ferryman-fault": "status=400"}
-        )
+    mock.set_faults(["path=/v1/chat/completions;times=1;status=400"])  # the upstream fails the next call
+    try:
+        with pytest.raises(openai.BadRequestError):
+            batch.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        mock.set_faults([])
     return {"alpha": "team-alpha", "batch": "batch-jobs", "slow": "slow-lane", "odd": XSS_NAME}
 
 
@@ -144,11 +147,11 @@ def count_colour(pixels: list[bytes], rgb: tuple[int, int, int], tolerance: int 
 # -- tests -----------------------------------------------------------------------------------
 
 
-def test_login_is_required_and_a_wrong_key_is_refused(gateway, page):
+def test_login_is_required_and_a_wrong_key_is_refused(gateway, ferryman_mock, page):
     """Without a login the page shows only the form and no data; a wrong admin key shows an error
     and the form again, and nothing is kept."""
     gw = gateway()
-    names = populate(gw)
+    names = populate(gw, ferryman_mock)
     page.goto(gw.url + "/ui")
     assert page.is_visible("#login-form") and page.is_visible("#admin-key")
     assert page.is_hidden("#dashboard") and page.is_hidden("#logout")
@@ -164,12 +167,12 @@ def test_login_is_required_and_a_wrong_key_is_refused(gateway, page):
     assert page.locator("rect.bar").count() == 0
 
 
-def test_dashboard_shows_spend_budgets_requests_and_rates(gateway, page):
+def test_dashboard_shows_spend_budgets_requests_and_rates(gateway, ferryman_mock, page):
     """After login: one bar per model, key and day with calls, each with height; the budget bars
     show the used fraction; the recent requests list the calls by key name (names shown as text,
     never as HTML) and no secret; the error and 429 rates match the admin API."""
     gw = gateway()
-    names = populate(gw)
+    names = populate(gw, ferryman_mock)
     usage = gw.admin.get("/admin/usage?days=30").json()
     budgets = {b["name"]: b for b in gw.admin.get("/admin/budgets").json()["data"]}
     urls: list[str] = []
@@ -235,11 +238,11 @@ def test_dashboard_shows_spend_budgets_requests_and_rates(gateway, page):
     assert ADMIN_KEY not in page.url
 
 
-def test_charts_are_painted(gateway, page, tmp_path):
+def test_charts_are_painted(gateway, ferryman_mock, page, tmp_path):
     """A screenshot of each chart holds about as many pixels of the bar colour as its bars cover
     in the layout: the charts render, they are not blank boxes."""
     gw = gateway()
-    populate(gw)
+    populate(gw, ferryman_mock)
     logged_in(page, gw)
     page.mouse.move(0, 0)  # no bar in its hover colour
     for chart in ("chart-by-day", "chart-by-model", "chart-by-key"):

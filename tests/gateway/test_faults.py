@@ -3,9 +3,10 @@ end in a success (a retry, a fallback) or in a clean error in OpenAI's shape, in
 never a hung connection.
 
 The caller is the official SDK with its own retries off and a timeout, so a hang would fail the
-test rather than block it. Faults come from the mock: rules (``set_faults``, e.g. the first N
-requests) or the per-request ``x-ferryman-fault`` header, which the gateway forwards like any
-header it does not know.
+test rather than block it. Faults come from the mock's control API (``set_faults``): rules
+that name the path they hit and, where a test means only some of the upstream tries, how many
+(``times=N``). The per-request ``x-ferryman-fault`` header cannot be used here: the gateway
+forwards only the headers OpenAI's API defines, so the mock behind it never sees that one.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ def client(gateway: Any, ferryman_mock: MockControl) -> Any:
         return gw.client(gw.new_key(), timeout=SDK_TIMEOUT)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left_behind(ferryman_mock: MockControl) -> Iterator[None]:
+    """Clear this test's fault rules when it ends: not every user of the session's mock resets it
+    first (``test_multi_instance`` takes the server itself), so a rule must not outlive its test."""
+    try:
+        yield
+    finally:
+        ferryman_mock.set_faults([])
 
 
 @pytest.fixture
@@ -178,11 +189,10 @@ def test_an_upstream_that_does_not_answer_in_time_ends_in_a_clean_504(client, fe
     """The deployment allows 0.3 s; the mock takes 2 s: each of the two tries times out, and the
     caller gets a 504 in OpenAI's shape (code upstream_timeout) before the mock would have answered."""
     sdk = client(deployments=[mock_deployment(ferryman_mock, timeout_s=0.3)], retry={**RETRY, "max_attempts": 2})
+    ferryman_mock.set_faults([f"{CHAT};times=2;delay_ms=2000"])  # both tries
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as caught:
-        sdk.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-ferryman-fault": "delay_ms=2000"}
-        )
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert time.monotonic() - started < 1.8
     assert caught.value.status_code == 504
     error = assert_openai_error(caught.value.response.json())
@@ -197,11 +207,10 @@ def test_an_upstream_that_does_not_answer_in_time_ends_in_a_clean_504(client, fe
 def test_a_stream_whose_first_token_does_not_come_in_time_ends_in_a_clean_504(client, ferryman_mock):
     """No first chunk within the deployment's timeout: a 504 in OpenAI's shape, not a silent wait."""
     sdk = client(deployments=[mock_deployment(ferryman_mock, timeout_s=0.3)], retry={**RETRY, "max_attempts": 1})
+    ferryman_mock.set_faults([f"{CHAT};times=1;ttft_ms=1500"])  # the one try
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as caught:
-        sdk.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-ferryman-fault": "ttft_ms=1500"}
-        )
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     assert time.monotonic() - started < 1.2
     assert caught.value.status_code == 504
     assert assert_openai_error(caught.value.response.json())["code"] == "upstream_timeout"
@@ -211,12 +220,12 @@ def test_a_stream_that_stalls_midway_ends_in_an_error_event(client, ferryman_moc
     """Chunks stop coming after the first ones (the deployment's read timeout passes between
     two): the caller has its first chunks, then an error event the SDK raises."""
     sdk = client(deployments=[mock_deployment(ferryman_mock, timeout_s=0.3)])
+    ferryman_mock.set_faults([f"{CHAT};times=1;chunk_delay_ms=700"])  # the stream, not a retry of it
     stream = sdk.chat.completions.create(
         model="gpt-4o-mini",
         messages=MESSAGES,
         stream=True,
         max_tokens=3,  # a short stream: the mock, which goes on writing to nobody, is done soon too
-        extra_headers={"x-ferryman-fault": "chunk_delay_ms=700"},
     )
     started = time.monotonic()
     received = []
@@ -234,9 +243,9 @@ def test_a_stream_that_stalls_midway_ends_in_an_error_event(client, ferryman_moc
 def test_a_stream_the_upstream_cuts_raises_an_api_error_instead_of_hanging(client, ferryman_mock):
     """The mock drops the stream after 3 chunks: the gateway appends an error event, which the SDK
     raises after the chunks that came; it does not wait for a [DONE] that will never come."""
-    stream = client().chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-ferryman-fault": "cut_after=3"}
-    )
+    sdk = client()
+    ferryman_mock.set_faults([f"{CHAT};times=1;cut_after=3"])
+    stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     received = []
     started = time.monotonic()
     with pytest.raises(openai.APIError) as caught:
@@ -249,9 +258,9 @@ def test_a_stream_the_upstream_cuts_raises_an_api_error_instead_of_hanging(clien
 
 def test_an_error_event_from_the_upstream_reaches_the_caller(client, ferryman_mock):
     """An error event the upstream sends mid-stream is forwarded, and the SDK raises it."""
-    stream = client().chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-ferryman-fault": "error_after=3"}
-    )
+    sdk = client()
+    ferryman_mock.set_faults([f"{CHAT};times=1;error_after=3"])
+    stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     with pytest.raises(openai.APIError) as caught:
         for _ in stream:
             pass
@@ -261,11 +270,11 @@ def test_an_error_event_from_the_upstream_reaches_the_caller(client, ferryman_mo
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_connection_reset_ends_in_a_clean_502(client, ferryman_mock, stream):
     """Every try's connection is reset: after the retries the caller gets a 502 in OpenAI's shape."""
+    sdk = client()
+    ferryman_mock.set_faults([f"{CHAT};times={RETRY['max_attempts']};reset"])  # every try
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as caught:
-        client().chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, stream=stream, extra_headers={"x-ferryman-fault": "reset"}
-        )
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=stream)
     assert time.monotonic() - started < 5
     assert caught.value.status_code == 502
     error = assert_openai_error(caught.value.response.json())

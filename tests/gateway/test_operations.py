@@ -71,18 +71,16 @@ def test_access_log_is_one_json_line_per_request_without_secrets(gateway, caplog
         assert key not in line and "sk-inquerystring" not in line
 
 
-def test_shutdown_drains_an_open_stream(gateway):
+def test_shutdown_drains_an_open_stream(gateway, ferryman_mock):
     """Stopping the gateway while a stream is open: readiness turns 503 at once, and the stream
     still runs to its last event before the process lets go."""
     gw = gateway()
     client = gw.client(gw.new_key())
-    stream = client.chat.completions.create(
-        model="gpt-4o-mini",
-        messages=MESSAGES,
-        stream=True,
-        max_tokens=40,
-        extra_headers={"x-ferryman-fault": "chunk_delay_ms=25"},
-    )
+    ferryman_mock.set_faults(["path=/v1/chat/completions;times=1;chunk_delay_ms=25"])  # a slow stream
+    try:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=40)
+    finally:
+        ferryman_mock.set_faults([])  # the mock fixed the stream's fault when the call arrived
     chunks = iter(stream)
     first = next(chunks)
     assert first.choices

@@ -308,9 +308,15 @@ def test_no_secret_in_logs_errors_metrics_or_audit_rows(gateway, ferryman_mock, 
             http.post(f"/made/up/{FAKE_VIRTUAL_KEY}", json={}, headers=auth),
             http.post("/chat/completions", json={**leaky_body, "model": FAKE_VIRTUAL_KEY}, headers=restricted),
         ]
+        # The upstream answers the next chat call (only that one: times=1) with a 401 that quotes
+        # the server's own key, as OpenAI's "Incorrect API key provided" does.
         echo = f"status=401;code=invalid_api_key;message=Incorrect API key provided: {UPSTREAM_KEY}."
-        replies.append(http.post("/chat/completions", json=leaky_body, headers={**auth, "x-ferryman-fault": echo}))
-    assert [r.status_code for r in replies] == [401, 401, 401, 404, 404, 404, 403, 401]
+        ferryman_mock.set_faults([f"path=/v1/chat/completions;times=1;{echo}"])
+        try:
+            replies.append(http.post("/chat/completions", json=leaky_body, headers=auth))
+        finally:
+            ferryman_mock.set_faults([])
+    assert [r.status_code for r in replies] == [401, 401, 401, 404, 404, 403, 403, 401]  # made/up: not isolated
     assert replies[-1].json()["error"]["message"] == "Incorrect API key provided: [REDACTED]."
     secrets = (FAKE_OPENAI_KEY, FAKE_VIRTUAL_KEY, UPSTREAM_KEY, key, restricted_key)
 
@@ -355,6 +361,58 @@ def test_the_upstream_key_never_reaches_callers_and_theirs_never_reaches_the_ups
     assert len(seen) == 3 and {r["key_id"] for r in seen} == {mock_key_id(UPSTREAM_KEY)}
     shown = json.dumps(dict(raw.headers)) + raw.text
     assert UPSTREAM_KEY not in shown and key not in shown and find_secrets(shown) == []
+
+
+# Headers OpenAI's API does not define, which the gateway must not pass on: a fault for the mock
+# (it would answer 500), a caller's credential and cookie, a custom header, and a header that
+# ``Connection:`` names (hop-by-hop, whatever its name). No key shapes here: see tests/leak_guard.py.
+UNDEFINED_HEADERS = {
+    "x-ferryman-fault": "status=500",
+    "x-api-key": "not-a-real-key-value",
+    "x-custom": "1",
+    "cookie": "a=b",
+    "connection": "x-keep-me",
+    "x-keep-me": "1",
+}
+
+
+def test_headers_the_api_does_not_define_never_reach_the_upstream(gateway, ferryman_mock, monkeypatch):
+    """Sent through the gateway with the official SDK's ``extra_headers`` and with raw httpx2, none
+    of :data:`UNDEFINED_HEADERS` reaches the mock: the calls succeed (the fault was not applied),
+    the mock's request log shows no fault and no ``x-ferryman-fault`` (the one of these headers it
+    records), and the headers the mock's app was handed name none of them."""
+    assert ferryman_mock.app is not None, "the session's mock runs in this process"
+    received: list[dict[str, str]] = []
+    fault_for = ferryman_mock.app.fault_for
+
+    def recording_fault_for(request: Any) -> Any:  # sees every authenticated API request's headers
+        received.append(dict(request.headers))
+        return fault_for(request)
+
+    monkeypatch.setattr(ferryman_mock.app, "fault_for", recording_fault_for)
+    gw = gateway()
+    key = gw.new_key()
+    raw = gw.client(key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, extra_headers=UNDEFINED_HEADERS
+    )
+    assert raw.status_code == 200 and raw.parse().choices[0].message.content
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
+    headers = {"authorization": f"Bearer {key}", **UNDEFINED_HEADERS}
+    with httpx2.Client(base_url=gw.base_url, timeout=30) as http:
+        reply = http.post("/chat/completions", json=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+
+    seen = ferryman_mock.requests()
+    assert [(r["path"], r["status"]) for r in seen] == [("/v1/chat/completions", 200)] * 2
+    assert all("fault" not in r and "x-ferryman-fault" not in r["headers"] for r in seen), seen
+    assert len(received) == 2
+    dropped = set(UNDEFINED_HEADERS) - {"connection"}  # the gateway's own HTTP client may send one
+    for upstream in received:
+        assert upstream.get("content-type") == "application/json"  # the spy sees what was forwarded
+        assert dropped.isdisjoint(upstream), sorted(upstream)
+        assert "x-keep-me" not in upstream.get("connection", "").lower(), upstream.get("connection")
+        shown = json.dumps(upstream)
+        assert "not-a-real-key-value" not in shown and "a=b" not in shown and "status=500" not in shown
 
 
 # -- odd requests ----------------------------------------------------------------------------------
@@ -469,17 +527,21 @@ def test_unknown_paths_and_fields_pass_through_untouched(gateway, ferryman_mock)
     assert sent["body"]["metadata"] == {"k": "v"} and sent["body"]["messages"] == MESSAGES
 
 
-def test_a_logged_failure_carries_no_secret(gateway, logs):
+def test_a_logged_failure_carries_no_secret(gateway, ferryman_mock, logs):
     """An upstream that resets the connection: the caller gets a clean 502 in OpenAI's shape, and
     whatever the gateway logs about it holds no key."""
     gw = gateway(retry={"max_attempts": 1})
     key = gw.new_key()
-    reply = httpx2.post(
-        gw.base_url + "/chat/completions",
-        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": FAKE_OPENAI_KEY}]},
-        headers={"authorization": f"Bearer {key}", "x-ferryman-fault": "reset"},
-        timeout=30,
-    )
+    ferryman_mock.set_faults(["path=/v1/chat/completions;times=1;reset"])  # the one try
+    try:
+        reply = httpx2.post(
+            gw.base_url + "/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": FAKE_OPENAI_KEY}]},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+    finally:
+        ferryman_mock.set_faults([])
     assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unreachable"
     logged = logs.text()
     assert logged.strip() and find_secrets(logged) == [] and FAKE_OPENAI_KEY not in logged and key not in logged
