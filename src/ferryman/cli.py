@@ -109,7 +109,9 @@ def mock(
         err.print(f"[red]error:[/red] --fault: {error.message}")
         raise typer.Exit(2) from None
     if state is not None:
-        state.mkdir(parents=True, exist_ok=True)
+        from ferryman.files import private_dir
+
+        private_dir(state)  # 0700 when made here: it will hold the uploaded files
     settings = MockSettings(
         rpm=rpm,
         tpm=tpm,

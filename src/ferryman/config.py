@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -104,7 +104,13 @@ class GatewaySettings(BaseModel):
     admin_key: str = "env:FERRYMAN_ADMIN_KEY"  # secret reference; unset: no admin API, no dashboard
     max_body_mb: float = Field(32.0, gt=0)  # JSON request bodies
     max_upload_mb: float = Field(512.0, gt=0)  # multipart uploads (files), as OpenAI allows
+    max_header_kb: float = Field(64.0, gt=0)  # request line + headers of one request, else 431
+    max_headers: int = Field(100, ge=1)  # headers in one request, else 431
+    header_timeout_s: float = Field(10.0, gt=0)  # from a request's first byte to its last header, else 408
     max_concurrent_uploads: int = Field(4, ge=1)  # uploads read at once (each spooled to disk); more: 429
+    # API collections virtual keys may reach although Ferryman does not isolate them between keys
+    # ("assistants", "threads", "evals"): every key then sees every other's.
+    pass_through: list[str] = Field(default_factory=list)
     drain_s: float = Field(30.0, ge=0)  # on shutdown, open streams get this long to finish
     key_cache_s: float = Field(0.5, ge=0)  # a revoked key stops on every instance within this
     access_log: bool = True  # one JSON line per request on stderr (no secrets, no query values)
@@ -136,6 +142,9 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     pricing_file: Path | None = None  # overrides for data/prices.json (same format)
+    # True when no deployments were set and ``deployments`` is the one built from OPENAI_BASE_URL
+    # (see ``deployments_configured``); set by ``_defaults_and_sharing``, kept by ``model_copy``.
+    _implicit_deployments: bool = PrivateAttr(default=False)
 
     @classmethod
     def settings_customise_sources(
@@ -159,6 +168,7 @@ class Settings(BaseSettings):
                     api_keys=["env:OPENAI_API_KEY"],
                 )
             ]
+            self._implicit_deployments = True
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ValueError(f"deployment names must be unique, got {names}")
@@ -175,11 +185,21 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @property
+    def deployments_configured(self) -> bool:
+        """False when no deployments were set (file, environment or keywords) and the one
+        deployment is the implicit ``default``: ``OPENAI_BASE_URL`` (else OpenAI's) with
+        ``OPENAI_API_KEY``. Replacing ``deployments`` afterwards does not change it."""
+        return not self._implicit_deployments
+
     def database_url(self) -> str:
         if self.store.url:
             return self.store.url
-        directory = default_data_dir()
-        directory.mkdir(parents=True, exist_ok=True)
+        from ferryman.files import private_dir
+
+        # The default data directory is Ferryman's own: tightened to 0700 even if an older
+        # version made it 0755. One named by FERRYMAN_DATA_DIR keeps its mode if it exists.
+        directory = private_dir(default_data_dir(), tighten=not os.environ.get("FERRYMAN_DATA_DIR"))
         return f"sqlite:///{directory / 'ferryman.db'}"
 
 

@@ -1,15 +1,22 @@
 """Removing secrets and personal data from text and JSON before anything is logged or stored.
 
-Keys (``sk-…``, Ferryman's ``fm-…``) and bearer tokens are always removed. Personal data
+Keys (``sk-…``, Ferryman's ``fm-…``) and bearer tokens are always removed, and so is every
+secret Ferryman was configured with, by value, whatever its shape (an admin key, an Azure key,
+the audit checkpoint key): :func:`ferryman.secrets.resolve` hands each value it resolves to
+:func:`remember`, and it is then removed raw, percent-encoded and JSON-escaped. Personal data
 (e-mail addresses, phone numbers, card numbers that pass the Luhn check, IBANs) is replaced by
 typed placeholders when bodies are kept ``redacted``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import re
+import threading
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 
@@ -30,6 +37,57 @@ _SECRET_FIELDS = re.compile(
 # case-insensitive alternation makes ``re`` try every position (ten times slower).
 _MARKERS = ("sk-", "fm-", "bearer", "api-key", "api_key", "apikey")
 _MARKERS_BYTES = tuple(marker.encode() for marker in _MARKERS)
+
+
+# Configured secrets, by value (see :func:`remember`): every form in which each can appear,
+# longest first, as text and as UTF-8. Readers take the pair without a lock; a registration
+# builds a new pair and swaps it in whole.
+MIN_KNOWN_LENGTH = 8
+_known: tuple[tuple[str, ...], tuple[bytes, ...]] = ((), ())
+_known_lock = threading.Lock()
+_HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
+def _forms(value: str) -> set[str]:
+    """``value`` raw, percent-encoded (as a path segment or a query/form value, either hex case)
+    and JSON-escaped (as orjson writes it and with ``\\uXXXX`` for non-ASCII)."""
+    forms = {value, quote(value, safe=""), quote_plus(value, safe=""), json.dumps(value)[1:-1]}
+    forms |= {_HEX_ESCAPE.sub(lambda m: m.group(0).lower(), form) for form in forms}
+    with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate (an undecodable variable)
+        forms.add(orjson.dumps(value).decode()[1:-1])
+    return forms
+
+
+def remember(value: str) -> None:
+    """Remove ``value`` from everything redacted from now on (raw, percent-encoded, JSON-escaped).
+
+    Values shorter than :data:`MIN_KNOWN_LENGTH` characters are not remembered: removing every
+    occurrence of a short string would destroy the text around it. Safe from any thread."""
+    global _known
+    if not isinstance(value, str) or len(value) < MIN_KNOWN_LENGTH:
+        return
+    forms = _forms(value)
+    with _known_lock:
+        texts = _known[0]
+        if forms.issubset(texts):
+            return
+        merged = tuple(sorted(forms.union(texts), key=lambda form: (-len(form), form)))
+        _known = (merged, tuple(form.encode("utf-8", errors="surrogateescape") for form in merged))
+
+
+# Plain loops, not any(...): without the generator a call costs a third less (on every body).
+def _holds_known(text: str, known: tuple[str, ...]) -> bool:
+    for form in known:  # noqa: SIM110
+        if form in text:
+            return True
+    return False
+
+
+def _holds_known_bytes(data: bytes, known: tuple[bytes, ...]) -> bool:
+    for form in known:  # noqa: SIM110
+        if form in data:
+            return True
+    return False
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -54,7 +112,11 @@ _NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d+\.\d+")
 
 
 def secrets(text: str) -> str:
-    """Remove API keys, bearer tokens and ``api-key: …`` values."""
+    """Remove configured secrets, API keys, bearer tokens and ``api-key: …`` values."""
+    known = _known[0]
+    if known and _holds_known(text, known):
+        for form in known:  # longest first: a form inside a longer one goes with the longer
+            text = text.replace(form, SECRET)
     if not _may_hold_secret(text):
         return text
     text = _BEARER.sub(lambda m: f"{m.group(1)} {SECRET}", text)
@@ -64,7 +126,7 @@ def secrets(text: str) -> str:
 
 def secrets_bytes(data: bytes) -> bytes:
     """:func:`secrets` for a body: returned unchanged (the same object) when it holds no secret."""
-    if not _may_hold_secret_bytes(data):
+    if not _may_hold_secret_bytes(data) and not _holds_known_bytes(data, _known[1]):
         return data
     text = data.decode("utf-8", errors="surrogateescape")
     cleaned = secrets(text)
@@ -135,7 +197,8 @@ def text(value: str, pii: bool = True) -> str:
 def json_value(value: Any, pii: bool = True) -> Any:
     """Redact every string in a JSON value; fields named like secrets are blanked whole."""
     try:  # one search of the whole value says whether any string in it can hold a key
-        keys = _may_hold_secret_bytes(orjson.dumps(value))
+        dumped = orjson.dumps(value)
+        keys = _may_hold_secret_bytes(dumped) or _holds_known_bytes(dumped, _known[1])
     except TypeError:  # not plain JSON data
         keys = True
     return _json_value(value, pii, keys)
@@ -153,6 +216,8 @@ def _json_value(value: Any, pii: bool, keys: bool) -> Any:
     if kind is dict or isinstance(value, dict):
         out = {}
         for k, v in value.items():
+            if keys and isinstance(k, str):
+                k = secrets(k)  # a key pasted where a name goes
             if isinstance(k, str) and _is_secret_field(k):
                 out[k] = SECRET
             elif v is None or type(v) in _SCALARS:

@@ -2,7 +2,9 @@
 
 A setting holds a reference, never the secret: ``env:OPENAI_API_KEY``, ``keyring:SERVICE/NAME``
 or ``file:/path/to/key``. A file that its group or others can read is refused. Resolved values
-are kept in :class:`Secret`, whose ``repr`` and ``str`` never show them.
+are kept in :class:`Secret`, whose ``repr`` and ``str`` never show them, and handed to
+:func:`ferryman.redact.remember`, so that logs, errors, audit records and replies never show them
+either, whatever their shape (an admin key or an Azure key has no ``sk-`` to recognise it by).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+
+from ferryman import redact
 
 
 class SecretError(ValueError):
@@ -35,6 +39,12 @@ class Secret:
         return bool(self._value)
 
 
+def _known(value: str, reference: str) -> Secret:
+    """The resolved value, remembered for redaction (values under 8 characters are not)."""
+    redact.remember(value)
+    return Secret(value, reference)
+
+
 def resolve(reference: str) -> Secret:
     kind, sep, rest = reference.partition(":")
     if not sep:
@@ -46,7 +56,7 @@ def resolve(reference: str) -> Secret:
         value = os.environ.get(rest)
         if not value or not value.strip():
             raise SecretError(f"environment variable {rest} is not set")
-        return Secret(value.strip(), reference)
+        return _known(value.strip(), reference)
     if kind == "keyring":
         service, _, name = rest.partition("/")
         if not service or not name:
@@ -61,7 +71,7 @@ def resolve(reference: str) -> Secret:
             raise SecretError(f"keyring lookup of {service}/{name} failed: {type(exc).__name__}") from None
         if not found:
             raise SecretError(f"no keyring entry {service}/{name}")
-        return Secret(found.strip(), reference)
+        return _known(found.strip(), reference)
     if kind == "file":
         path = Path(rest).expanduser()
         try:
@@ -78,7 +88,7 @@ def resolve(reference: str) -> Secret:
             raise SecretError(f"cannot read secret file {path}: {type(exc).__name__}") from None
         if not value.strip():
             raise SecretError(f"secret file {path} is empty")
-        return Secret(value.strip(), reference)
+        return _known(value.strip(), reference)
     # A literal key with a colon in it must not be echoed back as the "kind".
     shown = repr(kind) if kind.isalnum() and len(kind) <= 16 else "(not shown)"
     raise SecretError(f"unknown secret reference kind {shown} (use env:, keyring: or file:)")

@@ -10,6 +10,7 @@ off before the upstream sees the request; replies gain ``x-ferryman-*`` headers.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -84,6 +85,80 @@ def _close(reply: Reply) -> None:
     reply.on_close.clear()
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def base_url_key(url: str | httpx2.URL) -> tuple[str, str, int | None, str]:
+    """What makes two base URLs the same: scheme, host, port (the scheme's default made
+    explicit) and path without its trailing slash."""
+    parsed = url if isinstance(url, httpx2.URL) else httpx2.URL(url)
+    path = parsed.raw_path.partition(b"?")[0].decode("ascii", errors="replace").rstrip("/")
+    return parsed.scheme, parsed.host, parsed.port or _DEFAULT_PORTS.get(parsed.scheme), path
+
+
+class MisdirectedRequest(ValueError):
+    """The SDK sent a call to a base URL that is not where Ferryman would send it (no deployments
+    configured, and the SDK's ``base_url`` differs from the implicit upstream's). Nothing was sent.
+
+    Raised from the transport, so the SDK sees it first. While the ``openai`` SDK is loaded the
+    instance raised is also an ``openai.OpenAIError``: the SDK passes those on as they are, not
+    retried and not wrapped in an ``APIConnectionError`` whose "Connection error." would hide the
+    message (older SDKs wrap it; it is then the ``__cause__``)."""
+
+
+def _misdirected(message: str) -> MisdirectedRequest:
+    base = getattr(sys.modules.get("openai"), "OpenAIError", None)
+    if not (isinstance(base, type) and issubclass(base, Exception)):
+        return MisdirectedRequest(message)
+    kind = _sdk_kinds.get(base)
+    if kind is None:
+        kind = _sdk_kinds[base] = type("MisdirectedRequest", (MisdirectedRequest, base), {"__module__": __name__})
+    return kind(message)
+
+
+_sdk_kinds: dict[type[Exception], type[MisdirectedRequest]] = {}  # by the SDK's OpenAIError
+
+
+class Destination:
+    """Where calls go when no deployments are configured: the one implicit deployment's base URL
+    (``OPENAI_BASE_URL``, OpenAI's, or the ``base_url`` given to ``ferryman.http_client``). A
+    request the SDK aimed elsewhere is refused, not sent there (with configured deployments,
+    routing decides and the SDK's base URL does not matter)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.scheme, self.host, self.port, path = base_url_key(self.base_url)
+        self.path = path.encode("ascii")
+
+    @classmethod
+    def implicit(cls, pipeline: Pipeline) -> Destination | None:
+        settings = getattr(pipeline, "settings", None)
+        if settings is None or getattr(settings, "deployments_configured", True):
+            return None
+        deployments = settings.deployments
+        return cls(deployments[0].base_url) if len(deployments) == 1 else None
+
+    def covers(self, url: httpx2.URL) -> bool:
+        scheme = url.scheme
+        if scheme != self.scheme or url.host != self.host or (url.port or _DEFAULT_PORTS.get(scheme)) != self.port:
+            return False
+        raw = url.raw_path.partition(b"?")[0]
+        return not self.path or raw == self.path or raw.startswith(self.path + b"/")
+
+    def check(self, url: httpx2.URL) -> None:
+        if self.covers(url):
+            return
+        aimed = str(url).partition("?")[0]
+        raise _misdirected(
+            f"ferryman: not sent: the client aimed this call at {aimed}, but with no deployments configured "
+            f"Ferryman sends every call to {self.base_url} (the base_url given to ferryman.http_client(), else "
+            "OPENAI_BASE_URL, else OpenAI's). Give Ferryman the client's base URL: ferryman.OpenAI(base_url=...) / "
+            "ferryman.AsyncOpenAI(base_url=...), or http_client=ferryman.http_client(base_url=...) / "
+            "ferryman.async_http_client(base_url=...); or configure [[deployments]] in ferryman.toml "
+            "(or FERRYMAN_DEPLOYMENTS)"
+        )
+
+
 class _AsyncStream(httpx2.AsyncByteStream):
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
@@ -103,8 +178,11 @@ class _AsyncStream(httpx2.AsyncByteStream):
 class AsyncFerrymanTransport(httpx2.AsyncBaseTransport):
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.destination = Destination.implicit(pipeline)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self.destination is not None:
+            self.destination.check(request.url)
         exchange = exchange_from(request, await request.aread())
         reply = await self.pipeline(exchange)
         return to_response(exchange, reply, request, _AsyncStream)
@@ -149,8 +227,11 @@ class _SyncStream(httpx2.SyncByteStream):
 class FerrymanTransport(httpx2.BaseTransport):
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.destination = Destination.implicit(pipeline)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self.destination is not None:
+            self.destination.check(request.url)
         body = request.read()
         loop = _loop.background_loop()
         exchange = exchange_from(request, body)
@@ -163,4 +244,4 @@ class FerrymanTransport(httpx2.BaseTransport):
             asyncio.run_coroutine_threadsafe(close(), _loop.background_loop()).result()
 
 
-__all__ = ["AsyncFerrymanTransport", "FerrymanTransport", "api_path"]
+__all__ = ["AsyncFerrymanTransport", "FerrymanTransport", "MisdirectedRequest", "api_path", "base_url_key"]

@@ -17,10 +17,12 @@ from typing import Annotated, Any
 import orjson
 import typer
 from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from ferryman.audit.chain import Chain, Report
 from ferryman.audit.chain import export as export_records
 from ferryman.audit.keys import AuditKeyError, CheckpointKey, key_file, load_key
+from ferryman.files import open_private
 
 app = typer.Typer(help="Verify, prune and export the audit log.", no_args_is_help=True)
 
@@ -137,10 +139,17 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Check the hash chain and its signed checkpoints: edited, removed, reordered or truncated
-    records and forged checkpoints. Exit 0 intact, 1 tampered, 2 usage or configuration error."""
+    records, malformed records (named by seq) and forged checkpoints. Exit 0 intact, 1 tampered
+    or malformed, 2 usage or configuration error (or a database that cannot be read)."""
     with _chain(db, key) as (chain, _):
         assert chain is not None
-        report = chain.verify()
+        try:
+            report = chain.verify()
+        except SQLAlchemyError as exc:  # the tables cannot be read at all: no verdict on the chain
+            cause = getattr(exc, "orig", None) or exc
+            raise _fail(
+                f"cannot read the audit log: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+            ) from None
     if as_json:
         typer.echo(
             orjson.dumps(
@@ -201,7 +210,7 @@ def export(
         if output is None:
             count = export_records(engine, sys.stdout, start, end)
         else:
-            with output.open("w", encoding="utf-8") as handle:
+            with open_private(output, "w", encoding="utf-8") as handle:  # audit records: 0600
                 count = export_records(engine, handle, start, end)
         report = chain.verify() if chain is not None else None
     typer.echo(f"exported {count} records" + (f" to {output}" if output else ""), err=True)

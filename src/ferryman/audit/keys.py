@@ -16,6 +16,7 @@ import secrets as _random
 from pathlib import Path
 
 from ferryman.config import default_data_dir
+from ferryman.files import open_private, private_dir
 from ferryman.secrets import SecretError, resolve
 
 KEY_FILE = "audit.key"
@@ -78,11 +79,13 @@ def load_key(reference: str | None = None, *, create: bool = False) -> Checkpoin
 
 def _create(path: Path) -> None:
     """Write a fresh random key with mode 0600; if another process won the race, keep its key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The default data directory is Ferryman's own (tightened to 0700 if it exists); one named by
+    # FERRYMAN_DATA_DIR is made 0700 when it is made here, and otherwise keeps its mode.
+    private_dir(path.parent, tighten=not os.environ.get("FERRYMAN_DATA_DIR"))
     temp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    handle = open_private(temp, "x")  # 0600, and the link below keeps the mode
     try:
-        with os.fdopen(fd, "w") as handle:
+        with handle:
             handle.write(_random.token_hex(32) + "\n")
         with contextlib.suppress(FileExistsError):  # another process made it first: keep that key
             os.link(temp, path)  # atomic, and fails if the file appeared meanwhile

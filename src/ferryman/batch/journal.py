@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from ferryman.batch.inputs import BadLine, Line
+from ferryman.files import private_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,6 +100,7 @@ def journal_path(output: Path) -> Path:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        private_database(path)  # 0600 before SQLite opens it, so its -wal and -shm are 0600 too
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives kill -9

@@ -14,12 +14,12 @@ when there was no reply), ``error`` (the reason), and the ``response`` body when
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
 
 from ferryman.batch.journal import Journal
+from ferryman.files import atomic_private
 
 
 def errors_path(output: Path) -> Path:
@@ -28,13 +28,9 @@ def errors_path(output: Path) -> Path:
 
 
 def _write(path: Path, lines: list[bytes]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("wb") as handle:
+    with atomic_private(path, "wb") as handle:  # 0600: it holds the replies
         for line in lines:
             handle.write(line + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def write_results(journal: Journal, output: Path, order: str = "input") -> tuple[int, int]:

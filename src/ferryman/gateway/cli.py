@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ferryman.config import Settings, load
@@ -22,6 +23,8 @@ keys_app = typer.Typer(help="Create, list, rotate and revoke the gateway's virtu
 teams_app = typer.Typer(help="Limits and budgets shared by every key of a team.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
+EMBEDDED_MOCK_KEY_ENV = "FERRYMAN_EMBEDDED_MOCK_KEY"  # the embedded mock's key, by reference (any key will do)
+WORKER_HEALTHCHECK_S = 60  # --workers: seconds a worker may take to answer uvicorn's health check
 
 StoreOption = Annotated[
     str | None, typer.Option("--store", help="Database URL (default: settings, else SQLite in the data directory).")
@@ -83,33 +86,31 @@ def serve(
     from ferryman.gateway.server import serve as run_server
     from ferryman.logs import configure_json_logging
 
-    settings = _settings(store, redis, shared=bool(store and store.startswith("postgresql") and redis))
+    shared = bool(store and store.startswith("postgresql") and redis)
+    settings = _settings(store, redis, shared=shared)
     g = settings.gateway
     host = host or g.host
     port = port if port is not None else g.port
     workers = workers or g.workers
     configure_json_logging("INFO")
     mock = _embedded_mock(settings)
+    if mock is not None:  # the settings again, now with the mock as their deployment (as the workers' are)
+        settings = _settings(store, redis, shared=shared)
     try:
         gateway = Gateway(settings)
     except Exception as error:
         raise _bad(str(error)) from None
     if mock is not None:
         _demo_key(gateway, host, port)
-    upstreams = ", ".join(f"{d.name} ({d.base_url})" for d in settings.deployments)
-    err.print(f"ferryman gateway on [bold]http://{host}:{port}/v1[/bold]  upstreams: {upstreams}")
+    if workers > 1:  # each worker process builds its own gateway from the environment (app_from_env)
+        _pass_to_workers(settings, store, redis)
+    where = escape(_destinations(settings, mock, workers))  # an IPv6 base URL's [::1] is not markup
+    err.print(f"ferryman gateway on [bold]http://{host}:{port}/v1[/bold]  {where}")
     if gateway.admin_secret() is None:
         err.print("[yellow]note:[/yellow] FERRYMAN_ADMIN_KEY is not set: the admin API and /ui are off")
-    if workers > 1:  # each worker process builds its own gateway from the same settings
-        import os
-
+    if workers > 1:
         import uvicorn
 
-        for name, value in (("STORE__URL", store), ("STORE__REDIS_URL", redis)):
-            if value:
-                os.environ["FERRYMAN_" + name] = value
-        if settings.store.shared:
-            os.environ["FERRYMAN_STORE__SHARED"] = "true"
         gateway.store.close()
         uvicorn.run(
             "ferryman.gateway.server:app_from_env",
@@ -118,10 +119,14 @@ def serve(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http="ferryman.gateway.edge:LimitedHttpTools",  # limits from each worker's settings
             access_log=False,
             log_level="warning",
             timeout_graceful_shutdown=int(g.drain_s),
+            # uvicorn kills a worker that does not answer its health check within this, and a new
+            # worker answers only once it has imported Ferryman: uvicorn's 5 s would kill and
+            # respawn every worker forever on a busy machine. A hung worker is replaced after it.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         )
         return
     run_server(gateway, host, port)
@@ -129,23 +134,55 @@ def serve(
 
 def _embedded_mock(settings: Settings) -> Any:
     """No upstream configured and no OPENAI_API_KEY: serve the mock as the upstream, in-process,
-    so ``ferryman serve`` runs anywhere with no key and no bill."""
+    so ``ferryman serve`` runs anywhere with no key and no bill.
+
+    The mock runs once, in this process; its base URL and key reference go into the environment
+    as ``FERRYMAN_DEPLOYMENTS``, so that settings loaded from then on (here, and in every worker
+    of ``--workers N``: :func:`ferryman.gateway.server.app_from_env`) name it as the deployment."""
+    import json
     import os
 
-    configured = not (len(settings.deployments) == 1 and settings.deployments[0].name == "default")
-    if configured or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+    if settings.deployments_configured or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
         return None
     from ferryman.mock.server import BackgroundServer
 
     mock = BackgroundServer().start()
-    os.environ.setdefault("FERRYMAN_EMBEDDED_MOCK_KEY", "ferryman-embedded-mock")
-    settings.deployments[0].base_url = mock.base_url
-    settings.deployments[0].api_keys = ["env:FERRYMAN_EMBEDDED_MOCK_KEY"]
+    os.environ.setdefault(EMBEDDED_MOCK_KEY_ENV, "ferryman-embedded-mock")
+    deployment = {"name": "default", "base_url": mock.base_url, "api_keys": [f"env:{EMBEDDED_MOCK_KEY_ENV}"]}
+    os.environ["FERRYMAN_DEPLOYMENTS"] = json.dumps([deployment])
     err.print(
         f"[yellow]note:[/yellow] no OPENAI_API_KEY: the upstream is Ferryman's mock ({mock.base_url}); "
         "set OPENAI_API_KEY (or deployments in ferryman.toml) for the real API"
     )
     return mock
+
+
+def _destinations(settings: Settings, mock: Any, workers: int) -> str:
+    """Where calls will go, for the banner: the same in every worker (see ``_pass_to_workers``)."""
+    mark = ", Ferryman's embedded mock" if mock is not None else ""
+    upstreams = ", ".join(f"{d.name} ({d.base_url}{mark})" for d in settings.deployments)
+    return f"upstreams: {upstreams}" + (f"  workers: {workers}" if workers > 1 else "")
+
+
+def _pass_to_workers(settings: Settings, store: str | None, redis: str | None) -> None:
+    """Put the command line's settings in the environment the worker processes inherit, and make
+    sure the settings they will load send calls where this process says (else exit 2)."""
+    import os
+
+    for name, value in (("STORE__URL", store), ("STORE__REDIS_URL", redis)):
+        if value:
+            os.environ["FERRYMAN_" + name] = value
+    if settings.store.shared:
+        os.environ["FERRYMAN_STORE__SHARED"] = "true"
+    try:
+        theirs = load()  # what app_from_env builds
+    except Exception as error:
+        raise _bad(f"settings of the worker processes: {error}") from None
+    if [d.model_dump() for d in theirs.deployments] != [d.model_dump() for d in settings.deployments]:
+        raise _bad(
+            "the worker processes would not get this process's upstreams: "
+            + ", ".join(f"{d.name} ({d.base_url})" for d in theirs.deployments)
+        )
 
 
 def _demo_key(gateway: Any, host: str, port: int) -> None:

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -31,8 +31,19 @@ from ferryman.store import Store
 from ferryman.store.tables import audit, teams, virtual_keys
 
 PREFIX = "fm-"
-_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_DURATION = re.compile(r"([0-9]{1,12})\s*(s|m|h|d|w)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+# The bounds of what a key, a team and the admin API accept (the README lists them).
+MAX_DURATION_S = 3650 * 86400  # an expiry at most ten years ahead
+BUDGET_MIN_USD = Decimal("0.000001")  # a millionth of a dollar: well above the column's scale
+BUDGET_MAX_USD = Decimal("1000000")  # per period (day or month)
+BUDGET_STEP = Decimal("1E-10")  # the column's scale, Numeric(20, 10): amounts are cut to it
+MAX_BUDGET_TEXT = 64
+LIMIT_MAX = {"rpm": 1_000_000, "tpm": 1_000_000_000}  # both within a 32-bit INTEGER column
+NAME_MAX = 128  # the name and team columns are String(128)
+NAME_CHARS = "ASCII letters and digits, then also . _ - @ + :"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+:-]*")
 
 
 def new_secret() -> str:
@@ -47,27 +58,64 @@ def hint(secret: str) -> str:
     return f"{PREFIX}…{secret[-4:]}"
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` as quoted in an error message: never more than ``limit`` characters of it."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def parse_duration(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` → seconds."""
-    match = _DURATION.match(text.strip().lower())
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` → seconds (from 1 s to 3650 days)."""
+    match = _DURATION.fullmatch(text.strip().lower())
     if not match:
-        raise ValueError(f"unreadable duration {text!r}: use a number and one of s, m, h, d, w (e.g. 30d)")
-    return float(int(match.group(1)) * _UNIT_S[match.group(2)])
+        raise ValueError(f"unreadable duration {_shown(text)}: use a whole number and one of s, m, h, d, w (e.g. 30d)")
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if not 1 <= seconds <= MAX_DURATION_S:
+        raise ValueError(f"duration {_shown(text)} is out of range: from 1s to 3650d (ten years)")
+    return float(seconds)
 
 
 def parse_budget(text: str) -> tuple[Decimal, str]:
-    """``50/month``, ``5/day``, ``$50/month`` → (USD, period)."""
-    amount, _, period = text.strip().lstrip("$").partition("/")
+    """``50/month``, ``5/day``, ``$50/month`` → (USD, period); the amount from $0.000001 to
+    $1,000,000 per period, cut to the store's ten decimal places."""
+    if len(text) > MAX_BUDGET_TEXT:
+        raise ValueError(f"unreadable budget {_shown(text)}: longer than {MAX_BUDGET_TEXT} characters")
+    amount, _, period = text.strip().removeprefix("$").partition("/")
     period = (period or "month").strip().lower()
     if period not in ("day", "month"):
-        raise ValueError(f"budget period must be day or month, got {period!r} (e.g. 50/month)")
+        raise ValueError(f"budget period must be day or month, got {_shown(period)} (e.g. 50/month)")
+    amount = amount.strip()
     try:
-        usd = Decimal(amount.strip())
+        usd = Decimal(amount) if amount and "_" not in amount else None
     except ArithmeticError:
-        raise ValueError(f"unreadable budget {text!r}: use USD/period, e.g. 50/month") from None
-    if not usd.is_finite() or usd <= 0:
-        raise ValueError(f"a budget must be a positive amount of USD, got {text!r}")
-    return usd, period
+        usd = None
+    if usd is None:
+        raise ValueError(f"unreadable budget {_shown(text)}: use USD/period, e.g. 50/month")
+    if not usd.is_finite() or not BUDGET_MIN_USD <= usd <= BUDGET_MAX_USD:
+        raise ValueError(
+            f"a budget must be from $0.000001 to $1,000,000 per {period}, got {_shown(text)} (e.g. 50/month)"
+        )
+    return usd.quantize(BUDGET_STEP, rounding=ROUND_DOWN), period
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """A key's or team's name, stripped: 1 to 128 of :data:`NAME_CHARS`, starting with a letter
+    or digit. Raises ValueError naming ``what``."""
+    name = value.strip()
+    if not name:
+        raise ValueError(f"{what} must not be empty" if what != "name" else "a key needs a name")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"{what} must be at most {NAME_MAX} characters, got {len(name)}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} may hold only {NAME_CHARS}, starting with a letter or digit; got {_shown(name)}")
+    return name
+
+
+def check_limit(label: str, value: int | None) -> None:
+    """rpm or tpm: None (no limit) or a whole number from 1 to :data:`LIMIT_MAX`."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX[label]:
+        raise ValueError(f"{label} must be a whole number from 1 to {LIMIT_MAX[label]:,}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -176,17 +224,16 @@ class KeyStore:
         metadata: dict[str, Any] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key: returns its secret (shown once, never stored) and its record."""
-        if not name.strip():
-            raise ValueError("a key needs a name")
+        name = check_name(name)
+        team = check_name(team, "team") if team is not None and team.strip() else None
         for label, value in (("rpm", rpm), ("tpm", tpm)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{label} must be positive, got {value}")
+            check_limit(label, value)
         secret = new_secret()
         now = self.clock()
         values = {
             "id": "key_" + uuid.uuid4().hex[:20],
-            "name": name.strip()[:128],
-            "team": team.strip()[:128] if team and team.strip() else None,
+            "name": name,
+            "team": team,
             "hash": digest(secret),
             "hint": hint(secret),
             "created": now,

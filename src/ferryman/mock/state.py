@@ -17,6 +17,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from ferryman.files import private_dir, write_private
+
 KINDS = ("files", "batches", "fine_tuning_jobs", "responses", "chat_completions")
 
 
@@ -32,9 +34,7 @@ def new_id(prefix: str, length: int = 24) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_private(path, data, fsync=False)  # 0600, renamed into place (a crash leaves no torn file)
 
 
 class ObjectStore:
@@ -50,7 +50,7 @@ class ObjectStore:
     def _load(self, directory: Path) -> None:
         for kind in KINDS:
             folder = directory / kind
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             entries = []
             for path in folder.glob("*.json"):
                 try:
@@ -60,7 +60,7 @@ class ObjectStore:
             entries.sort(key=lambda o: (o.get("created_at", 0), o.get("id", "")))
             self.objects[kind] = {o["id"]: o for o in entries if isinstance(o, dict) and "id" in o}
         blob_dir = directory / "blobs"
-        blob_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(blob_dir)
         for path in blob_dir.iterdir():
             if not path.name.startswith("."):
                 self.blobs[path.name] = path.read_bytes()

@@ -32,6 +32,12 @@ the burst a little and the sustained rate nothing.
 :class:`MemoryBuckets` serves one process; :class:`RedisBuckets` keeps the lanes in Redis and
 runs every step as one Lua script (atomic, timed by Redis's clock), so several processes share
 one limit.
+
+**Bounded.** :class:`MemoryBuckets` keeps at most ``max_lanes`` lanes (:data:`MAX_LANES`), least
+recently used first out (a lane paused by a 429 is passed over while younger ones can go): a
+caller naming ever new models cannot grow it. An evicted lane comes back full, with its limits
+to learn again (or its seed): the same as a lane idle for a minute, which is what the least
+recently used of 4096 lanes nearly always is. Redis keys expire after :data:`KEY_TTL_S`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import functools
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +60,8 @@ def reserve(capacity: float) -> float:
 
 
 KEY_TTL_S = 3600  # an idle lane is full again long before this
+MAX_LANES = 4096  # lanes one MemoryBuckets keeps (least recently used evicted)
+_EVICT_SCAN = 8  # oldest lanes looked at for one that is not paused
 
 
 @dataclass(frozen=True)
@@ -213,16 +222,24 @@ class MemoryBuckets:
 
     exclusive = True
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, exact: bool = False) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, exact: bool = False, max_lanes: int = MAX_LANES
+    ) -> None:
         self.clock = clock
         self.exact = exact  # no reserve: the buckets are the limit itself, not an upstream's mirror
-        self.lanes: dict[str, _Lane] = {}
+        self.max_lanes = max(1, max_lanes)
+        self.lanes: OrderedDict[str, _Lane] = OrderedDict()  # least recently used first
 
     def _lane(self, key: str, seed: Seed) -> tuple[_Lane, float]:
         now = self.clock()
-        lane = self.lanes.get(key)
+        lanes = self.lanes
+        lane = lanes.get(key)
         if lane is None:
-            lane = self.lanes[key] = _Lane(now)
+            if len(lanes) >= self.max_lanes:
+                self._evict(now)
+            lane = lanes[key] = _Lane(now)
+        else:
+            lanes.move_to_end(key)
         if lane.requests.capacity is None and seed.requests:
             lane.requests = _Bucket(seed.requests, seed.requests)
         if lane.tokens.capacity is None and seed.tokens:
@@ -232,6 +249,19 @@ class MemoryBuckets:
         lane.tokens.refill(elapsed)
         lane.stamp = now
         return lane, now
+
+    def _evict(self, now: float) -> None:
+        """Drop the least recently used lane, passing over a few paused ones (a 429 told us to
+        wait; forgetting it would send the next call straight into another)."""
+        lanes = self.lanes
+        for _ in range(min(_EVICT_SCAN, len(lanes))):
+            key, lane = next(iter(lanes.items()))
+            if lane.paused_until <= now:
+                del lanes[key]
+                return
+            lanes.move_to_end(key)
+        while lanes and len(lanes) >= self.max_lanes:  # all paused: the cap holds anyway
+            lanes.popitem(last=False)
 
     async def take(self, key: str, cost: Cost, seed: Seed) -> float | None:
         lane, now = self._lane(key, seed)

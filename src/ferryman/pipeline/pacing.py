@@ -29,14 +29,21 @@ and ``exchange.output_cap``.
 With ``store.redis()`` the lanes live in Redis (one atomic Lua script), so several processes
 share one limit; FIFO order then holds within each process. Waits add to ``notes["waited_ms"]``
 and ``notes["pacing_wait_ms"]``.
+
+A process keeps at most :data:`MAX_LANES` lanes per event loop (and as many buckets, see
+:mod:`ferryman.pipeline.buckets`): the least recently used idle lane goes first, and a lane
+with a call queued, paced, probing or in flight is never dropped, so callers naming ever new
+models cannot grow memory. A model name longer than :data:`KEY_MODEL_MAX` is keyed by its hash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -49,7 +56,18 @@ from ferryman.pipeline.retry import is_quota_error, retry_after_s
 from ferryman.tokens import count_request_prompt_tokens, endpoint_route, max_output_tokens
 
 REFUSED_HEADER = "x-ferryman-refused-by"
+MAX_LANES = 4096  # lanes per event loop (least recently used idle ones evicted)
+KEY_MODEL_MAX = 256  # a longer model name is keyed by its hash (no real model is this long)
+_EVICT_SCAN = 8  # oldest lanes looked at for an idle one
 log = logging.getLogger("ferryman.pacing")
+
+
+def lane_key(deployment: str, model: str) -> str:
+    """``deployment|model``, the model hashed when it is longer than :data:`KEY_MODEL_MAX`."""
+    if len(model) > KEY_MODEL_MAX:
+        digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        model = f"{model[:64]}…sha256:{digest}"
+    return f"{deployment}|{model}"
 
 
 def is_paced(exchange: Exchange) -> bool:
@@ -97,6 +115,11 @@ class _Lane:
         self.probing = False
         self.open = False  # unseeded, and the upstream sends no limits: nothing to pace by
 
+    @property
+    def idle(self) -> bool:
+        """Nothing holds, waits for, or has a call out on this lane: it may be forgotten."""
+        return not (self.lock.locked() or self.queued or self.in_flight or self.probing)
+
     def poke(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
@@ -134,12 +157,15 @@ class _Lane:
 
 
 class Pacing:
-    def __init__(self, settings: PacingSettings, deployments: list[Any], buckets: Buckets) -> None:
+    def __init__(
+        self, settings: PacingSettings, deployments: list[Any], buckets: Buckets, max_lanes: int = MAX_LANES
+    ) -> None:
         self.settings = settings
         self.buckets = buckets
         self.default = deployments[0].name if deployments else "default"
         self.seeds = {d.name: Seed(d.rpm, d.tpm) for d in deployments}
-        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Lane]] = (
+        self.max_lanes = max(1, max_lanes)
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OrderedDict[str, _Lane]] = (
             weakref.WeakKeyDictionary()
         )
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,17 +182,38 @@ class Pacing:
         return cls(settings.pacing, list(settings.deployments), buckets)
 
     def lane(self, key: str) -> _Lane:
-        lanes = self._lanes.setdefault(asyncio.get_running_loop(), {})
+        loop = asyncio.get_running_loop()
+        lanes = self._lanes.get(loop)
+        if lanes is None:
+            lanes = self._lanes[loop] = OrderedDict()
         lane = lanes.get(key)
         if lane is None:
+            if len(lanes) >= self.max_lanes:
+                self._evict(lanes)
             lane = lanes[key] = _Lane()
+        else:
+            lanes.move_to_end(key)
         return lane
+
+    def _evict(self, lanes: OrderedDict[str, _Lane]) -> None:
+        """Forget the least recently used idle lane. A busy one is passed over (moved to the
+        young end: it is in use), so the count may exceed the cap by the lanes busy at once."""
+        for _ in range(min(_EVICT_SCAN, len(lanes))):
+            key, lane = next(iter(lanes.items()))
+            if lane.idle:
+                del lanes[key]
+                return
+            lanes.move_to_end(key)
+
+    def lane_count(self) -> int:
+        """Lanes held on the running loop."""
+        return len(self._lanes.get(asyncio.get_running_loop(), ()))
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
         if not is_paced(exchange):
             return await call_next(exchange)
         name = exchange.deployment.name if exchange.deployment is not None else self.default
-        key = f"{name}|{exchange.model}"
+        key = lane_key(name, exchange.model or "")
         seed = self.seeds.get(name, Seed())
         lane = self.lane(key)
         cost = cost_of(exchange)

@@ -5,10 +5,24 @@ deployment, ``notes["retries"]`` / ``notes["upstream_429s"]``; anything missing 
 a stream, when the stream ends (the caller has seen its last byte, or stopped reading).
 
 - **Prometheus** (``settings.telemetry.prometheus``): the metrics below live in :data:`REGISTRY`, a
-  dedicated registry (the gateway serves it at ``/metrics``). Label values are bounded and never
-  carry a secret: endpoints become templates (``/files/{id}/content``), models outside the
-  catalogue become ``other`` (fine-tuned ``ft:`` models keep their name), deployments come from
-  settings, and tags are never labels.
+  dedicated registry (the gateway serves it at ``/metrics``). Every label value comes from a
+  bounded set fixed by the shipped price table and the settings, never from what a caller sent:
+
+  - ``endpoint``: one of the API's path templates (``/files/{id}/content``), else
+    ``/{resource}/…`` for a known resource, else ``other``;
+  - ``model``: a model named in the settings (routing aliases and their targets, deployments'
+    ``models`` entries that are plain names rather than globs, ``azure_deployments``, the
+    ``pricing_file``) or in the shipped price table; a dated snapshot the table does not list
+    (``gpt-4o-mini-2031-01-01``) counts as its family (``gpt-4o-mini``), one it lists keeps its
+    name; a fine-tuned ``ft:BASE:org:suffix:id`` is ``ft:BASE`` when BASE is known (never the
+    organisation, suffix or id); anything else ``other``; no model ``none``;
+  - ``deployment``: a configured deployment's name, else ``other`` (none yet: ``none``);
+  - ``status``: the HTTP status (100-599), ``error`` (no reply) or ``cancelled``;
+  - ``scope`` (budget refusals): the kind of counter only, ``process``, ``key``, ``team``, ``tag``
+    or ``other``: never a key id, team name or tag value;
+  - ``kind`` (tokens): ``input``, ``cached``, ``output``, ``reasoning``.
+
+  No key id, principal, tag or other caller-supplied string is ever a label.
 - **OpenTelemetry** (``settings.telemetry.otel``, needs ``ferryman[otel]``): one CLIENT span per
   call, ``"{operation} {model}"``, with the GenAI semantic-convention attributes; a stream's span
   ends with the stream.
@@ -28,13 +42,14 @@ import re
 import time
 from collections.abc import AsyncIterator
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from ferryman import catalogue
 from ferryman._loop import abandoned
-from ferryman.catalogue import lookup
 from ferryman.exchange import Exchange, Reply
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.telemetry_otel import TelemetryError, Tracing, operation
@@ -76,7 +91,12 @@ OVERHEAD = Histogram(
 )  # fmt: skip
 
 LABEL_MAX = 96
+MODEL_MAX = 256  # a longer model name is ``other`` at once (no real model is that long; never cached)
+PATH_MAX = 256  # longer paths are labelled without the cache
 _SCOPE = re.compile(r"budget exceeded for scope '([^']{1,200})'")  # the budget stage's refusal message
+_SCOPE_KINDS = frozenset({"process", "key", "team", "tag"})
+_STATUSES = {str(n): str(n) for n in (*range(100, 600), "error", "cancelled")}
+_CHILDREN_MAX = 8192
 _children: dict[tuple[Any, ...], Any] = {}  # (metric, *labels) -> child: labels() is slow-ish
 
 
@@ -84,7 +104,9 @@ def _child(metric: Any, *labels: str) -> Any:
     key = (id(metric), *labels)
     child = _children.get(key)
     if child is None:
-        child = _children[key] = metric.labels(*labels)
+        child = metric.labels(*labels)
+        if len(_children) < _CHILDREN_MAX:  # labels are bounded; the cache is too, whatever they are
+            _children[key] = child
     return child
 
 
@@ -108,9 +130,13 @@ _WORDS = frozenset(w for e in _ENDPOINTS for w in e.split("/") if w and w != "{i
 _FIRST = frozenset(e.split("/")[1] for e in _ENDPOINTS)
 
 
-@lru_cache(maxsize=1024)
 def endpoint_label(path: str) -> str:
     """``/files/file-abc/content`` → ``/files/{id}/content``; other paths → ``/{resource}/…`` or ``other``."""
+    return _endpoint_label(path) if len(path) <= PATH_MAX else _endpoint_label.__wrapped__(path)
+
+
+@lru_cache(maxsize=1024)
+def _endpoint_label(path: str) -> str:
     parts = [p for p in path.split("?", 1)[0].split("/") if p]
     template = "/" + "/".join(p if p in _WORDS else "{id}" for p in parts)
     if template in _ENDPOINTS:
@@ -118,21 +144,89 @@ def endpoint_label(path: str) -> str:
     return f"/{parts[0]}/…" if parts and parts[0] in _FIRST else "other"
 
 
-@lru_cache(maxsize=2048)
-def model_label(model: str | None) -> str:
-    """A model the catalogue knows, or a fine-tuned ``ft:`` model (capped, redacted); else ``other``."""
+_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # a snapshot's date suffix, as the price table reads it
+_GLOB = frozenset("*?[]")
+_NO_MODELS: frozenset[str] = frozenset()
+
+
+def shipped_models() -> frozenset[str]:
+    """The models of the shipped price table (``PriceTable.default()`` is built from these)."""
+    return _shipped()
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> frozenset[str]:
+    return frozenset(catalogue.models())
+
+
+def configured_models(settings: Any) -> frozenset[str]:
+    """Model names the settings spell out: routing aliases and their targets, deployments'
+    ``models`` entries that are not globs, their ``azure_deployments`` and the pricing file's."""
+    names: set[str] = set()
+    for alias, targets in settings.routing.aliases.items():
+        names.add(alias)
+        names.update(targets)
+    for deployment in settings.deployments:
+        names.update(m for m in deployment.models if not _GLOB.intersection(m))
+        names.update(deployment.azure_deployments)
+    path = getattr(settings, "pricing_file", None)
+    if path:
+        try:
+            priced = orjson.loads(Path(path).read_bytes()).get("models")  # read once, when the stage is built
+            names.update(str(m) for m in priced or ())
+        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError):
+            pass  # the price table reports its own errors; labels just lack these names
+    return frozenset(n for n in names if n and len(n) <= MODEL_MAX and secrets(n) == n)
+
+
+def model_label(model: str | None, configured: frozenset[str] = _NO_MODELS) -> str:
+    """A known model's name (see the module's docstring), ``ft:BASE`` for a model fine-tuned from a
+    known BASE, ``none`` without a model; anything else ``other``."""
     if not model:
         return "none"
-    if len(model) > 256:
+    if len(model) > MODEL_MAX:
         return "other"
-    if model.startswith("ft:"):
-        return secrets(model)[:LABEL_MAX]
-    return model if lookup(model) is not None else "other"
+    return _model_label(model, configured)
 
 
-def deployment_label(exchange: Exchange) -> str:
-    deployment = exchange.deployment
-    return str(getattr(deployment, "name", None) or "none")[:LABEL_MAX]
+@lru_cache(maxsize=4096)  # keys are at most MODEL_MAX characters: bounded memory
+def _model_label(model: str, configured: frozenset[str]) -> str:
+    if model.startswith("ft:"):  # ft:BASE:org:suffix:id: only BASE may show
+        base = _known_model(model.split(":", 2)[1], configured)
+        return f"ft:{base}" if base is not None else "other"
+    return _known_model(model, configured) or "other"
+
+
+def _known_model(model: str, configured: frozenset[str]) -> str | None:
+    shipped = _shipped()
+    if model in configured or model in shipped:
+        return model
+    family = _DATED.sub("", model)  # an unlisted snapshot: its family (else any date were a label)
+    if family != model and (family in shipped or family in configured):
+        return family
+    return None
+
+
+def deployment_label(exchange: Exchange, known: frozenset[str] | None = None) -> str:
+    """The deployment's name if configured (``known``; None: any :class:`Deployment` Ferryman made),
+    ``other`` if not, ``none`` before one was chosen."""
+    name = getattr(exchange.deployment, "name", None)
+    if not name:
+        return "none"
+    if known is not None:
+        return name if name in known else "other"
+    return str(name)[:LABEL_MAX]
+
+
+def status_label(status: int | str) -> str:
+    """An HTTP status 100-599, ``error`` (no reply) or ``cancelled``; anything else ``other``."""
+    return _STATUSES.get(str(status), "other")
+
+
+def scope_label(scope: Any) -> str:
+    """A budget counter's kind (``key:ID`` → ``key``, ``tag:team=a`` → ``tag``), never its name."""
+    kind = str(scope).partition(":")[0]
+    return kind if kind in _SCOPE_KINDS else "other"
 
 
 def _count(value: Any) -> int:
@@ -152,10 +246,17 @@ def token_counts(usage: Any) -> tuple[int, int, int, int]:
     return _count(given), _count(cached), _count(produced), _count(reasoning)
 
 
-def _per_deployment(value: Any, default: str) -> dict[str, int]:
-    """``notes["retries"]`` as a count (for the final deployment) or ``{deployment: count}``."""
+def _per_deployment(value: Any, default: str, known: frozenset[str] | None = None) -> dict[str, int]:
+    """``notes["retries"]`` as a count (for the final deployment) or ``{deployment: count}`` (a name
+    not configured, or without ``known`` not the final deployment's, counts as ``other``)."""
     if isinstance(value, dict):
-        return {str(k)[:LABEL_MAX]: _count(v) for k, v in value.items() if _count(v)}
+        allowed = known if known is not None else frozenset({default})
+        counts: dict[str, int] = {}
+        for k, v in value.items():
+            if _count(v):
+                name = k if isinstance(k, str) and k in allowed else "other"
+                counts[name] = counts.get(name, 0) + _count(v)
+        return counts
     return {default: _count(value)} if _count(value) else {}
 
 
@@ -172,10 +273,22 @@ def _error_of(body: bytes) -> dict[str, Any]:
 
 
 class Telemetry:
-    def __init__(self, *, prometheus: bool = True, tracing: Tracing | None = None, json_logs: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        prometheus: bool = True,
+        tracing: Tracing | None = None,
+        json_logs: bool = False,
+        models: frozenset[str] = _NO_MODELS,
+        deployments: frozenset[str] | None = None,
+    ) -> None:
+        """``models``: configured model names that may be labels besides the price table's;
+        ``deployments``: the configured deployment names (None: any deployment Ferryman chose)."""
         self.prometheus = prometheus
         self.tracing = tracing
         self.json_logs = json_logs
+        self.models = models
+        self.deployments = deployments
 
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Telemetry | None:
@@ -187,7 +300,13 @@ class Telemetry:
             from ferryman.logs import ensure_json_logging
 
             ensure_json_logging()
-        return cls(prometheus=t.prometheus, tracing=tracing, json_logs=t.json_logs)
+        return cls(
+            prometheus=t.prometheus,
+            tracing=tracing,
+            json_logs=t.json_logs,
+            models=configured_models(settings),
+            deployments=frozenset(d.name for d in settings.deployments),
+        )
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
         span = self.tracing.start(exchange) if self.tracing is not None else None
@@ -254,9 +373,9 @@ class Telemetry:
         refusal: bytes | None,
     ) -> None:
         endpoint = endpoint_label(exchange.path)
-        model = model_label(exchange.model)
-        deployment = deployment_label(exchange)
-        _child(REQUESTS, endpoint, model, deployment, status).inc()
+        model = model_label(exchange.model, self.models)
+        deployment = deployment_label(exchange, self.deployments)
+        _child(REQUESTS, endpoint, model, deployment, status_label(status)).inc()
         _child(DURATION, endpoint, model).observe(elapsed)
         if overhead is not None:
             OVERHEAD.observe(overhead)
@@ -270,10 +389,10 @@ class Telemetry:
             _child(COST, model).inc(float(exchange.cost_usd))
         notes = exchange.notes
         if "retries" in notes:
-            for name, n in _per_deployment(notes["retries"], deployment).items():
+            for name, n in _per_deployment(notes["retries"], deployment, self.deployments).items():
                 _child(RETRIES, name).inc(n)
         if "upstream_429s" in notes:
-            for name, n in _per_deployment(notes["upstream_429s"], deployment).items():
+            for name, n in _per_deployment(notes["upstream_429s"], deployment, self.deployments).items():
                 _child(UPSTREAM_429, name).inc(n)
         if exchange.cache == "hit":
             CACHE_HITS.inc()
@@ -282,7 +401,7 @@ class Telemetry:
             if error.get("code") == "budget_exceeded":
                 said = _SCOPE.search(str(error.get("message", "")))
                 scope = notes.get("budget_scope") or error.get("param") or (said.group(1) if said else "unknown")
-                _child(BUDGET_REFUSALS, secrets(str(scope))[:LABEL_MAX]).inc()
+                _child(BUDGET_REFUSALS, scope_label(scope)).inc()
 
     def _log(
         self, exchange: Exchange, status: str, elapsed: float, error: BaseException | None, completed: bool
@@ -392,8 +511,13 @@ __all__ = [
     "UPSTREAM_429",
     "Telemetry",
     "TelemetryError",
+    "configured_models",
+    "deployment_label",
     "endpoint_label",
     "model_label",
     "operation",
+    "scope_label",
+    "shipped_models",
+    "status_label",
     "token_counts",
 ]

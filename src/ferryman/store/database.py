@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
 
 from ferryman.config import Settings
+from ferryman.files import private_database
 
 T = TypeVar("T")
 
@@ -31,10 +34,29 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The database file made 0600 (or tightened to it) before SQLite opens it: SQLite gives the
+    ``-wal`` and ``-shm`` files the main file's mode. In-memory and ``file:`` URI databases are
+    left alone, and so is a file in a missing or unwritable folder: SQLite reports that itself."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # SQLAlchemy's own error comes from create_engine
+        return
+    database = parsed.database
+    if not database or database.startswith((":memory:", "file:")) or parsed.query.get("uri"):
+        return
+    path = Path(database)  # as SQLite reads it: relative to the working directory, no ~
+    if not path.parent.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        private_database(path)
 
 
 def migrate(engine: Engine) -> None:
