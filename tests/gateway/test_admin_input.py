@@ -109,9 +109,9 @@ def stored_key(gw: Running, key_id: str) -> dict[str, Any]:
 
 # -- the values each field refuses -------------------------------------------------------------------
 
-BAD_NAMES: list[Any] = [None, "", "   ", 5, True, ["x"], {"a": 1}, "a" * 129, "bad name", "ünïcode", "-lead", "a/b"]
-BAD_NAMES += ["a\nb", "x;rm -rf", "<script>", "tab\there", "null\x00byte"]
-BAD_TEAMS: list[Any] = [3, False, "", "  ", ["t"], {"t": 1}, "t" * 129, "has space", "émoji🙂", ".dot-first", "a/b"]
+BAD_NAMES: list[Any] = [None, "", "   ", 5, True, ["x"], {"a": 1}, "a" * 129, "a/b", "line\nbreak", "tab\there"]
+BAD_NAMES += ["a\nb", "tab\there", "null\x00byte"]
+BAD_TEAMS: list[Any] = [3, False, "", "  ", ["t"], {"t": 1}, "t" * 129, "a/b", "bell\x07"]
 BAD_RPM: list[Any] = [0, -1, True, False, 1.5, 5.0, "5", 1_000_001, 2**31, 10**30, [], {}, "many"]
 BAD_TPM: list[Any] = [0, -5, True, 1.0, "1000", 1_000_000_001, 2**63, [1]]
 BAD_BUDGETS: list[Any] = [
@@ -232,7 +232,7 @@ def test_put_team_refuses_a_bad_value(gw, field, value):
     assert "refused-team" not in {t["name"] for t in gw.admin.get("/admin/teams").json()["data"]}
 
 
-@pytest.mark.parametrize("name", ["bad%20name", "a" * 129, "-lead", "_lead", "%C3%BCnicode", "semi%3Bcolon", "a%00b"])
+@pytest.mark.parametrize("name", ["a" * 129, "a%00b", "line%0Abreak"])
 def test_put_team_refuses_a_bad_name_in_the_path(gw, name):
     teams = gw.admin.get("/admin/teams").json()["data"]
     refused(gw.admin.put(f"/admin/teams/{name}", json={"rpm": 5}), "name")
@@ -400,14 +400,19 @@ def test_the_findings(gw, base_key):
 
 def test_the_cli_refuses_the_same_budgets_and_durations(gw):
     url = gw.gateway.settings.store.url
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "FERRYMAN_DATA_DIR": str(Path(url[10:]).parent / "data")}
+    env = {
+        **os.environ,
+        "COLUMNS": "250",
+        "NO_COLOR": "1",
+        "FERRYMAN_DATA_DIR": str(Path(url.removeprefix("sqlite:///")).parent / "data"),
+    }
     cases = {
         "huge": (["--budget", "1e999999999/month"], "from $0.000001 to $1,000,000 per month"),
         "tiny": (["--budget", "1e-40/day"], "from $0.000001 to $1,000,000 per day"),
         "nan": (["--budget", "NaN/day"], "from $0.000001 to $1,000,000"),
         "zero-expiry": (["--expires", "0d"], "out of range"),
         "long-expiry": (["--expires", "99999999999999999999d"], "unreadable duration"),
-        "name": (["--team", "has space"], "team may hold only"),
+        "name": (["--team", "bell\x07"], "team may hold only"),
     }
     started = {
         label: subprocess.Popen(

@@ -148,3 +148,20 @@ def test_two_workers_send_every_call_to_the_embedded_mock(tmp_path: Path):
             mock.close()
         process.stop()  # terminate, wait, SIGKILL after a timeout
     assert process.process.returncode is not None
+
+
+def test_a_worker_without_the_parents_upstream_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings that would have made the parent start the embedded mock, but no mock passed on:
+    the worker stops, rather than send calls to OpenAI's API with no key."""
+    from ferryman.gateway.server import app_from_env
+    from ferryman.logs import remove_json_logging
+
+    for name in ("FERRYMAN_CONFIG", "FERRYMAN_DEPLOYMENTS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FERRYMAN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="no embedded mock passed on in FERRYMAN_DEPLOYMENTS"):
+            app_from_env()
+    finally:
+        remove_json_logging()
