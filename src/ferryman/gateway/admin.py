@@ -21,8 +21,8 @@ whose ``param`` names the field:
   that route's fields; routes that take none (rotate, revoke, DELETE) take an empty body or ``{}``;
   query arguments other than a route's own are refused too
 - ``name`` (required on create; also the ``{name}`` of ``PUT /admin/teams``) and ``team``:
-  strings of 1 to 128 characters, ASCII letters and digits then also ``. _ - @ + :``, starting
-  with a letter or digit (surrounding spaces are dropped)
+  strings of 1 to 128 printable characters, any but ``/`` (no control characters, no line
+  breaks; surrounding spaces are dropped)
 - ``rpm`` 1 to 1,000,000 and ``tpm`` 1 to 1,000,000,000: JSON integers (not ``true``, not ``5.0``,
   not ``"5"``); ``null`` is no limit (on PATCH: remove the limit)
 - ``budget``: ``"AMOUNT/day"`` or ``"AMOUNT/month"`` (``$`` allowed, period month when left out),
