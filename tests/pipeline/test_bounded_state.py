@@ -38,7 +38,8 @@ from ferryman.pipeline.telemetry import (
 )
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-LEAKY_KEY = "-".join(("sk", "bounded", "state", "test", "key", "0123456789abcdef"))  # built: no key-shaped literal in the source
+# Built at run time: no key-shaped literal in the source.
+LEAKY_KEY = "-".join(("sk", "bounded", "state", "test", "key", "0123456789abcdef"))
 GROWTH_MAX = 20 * 1024
 
 
