@@ -182,6 +182,32 @@ BAD_EXPIRES: list[Any] = [
     {"days": 30},
 ]
 
+BAD_TAGS: list[Any] = [
+    5,
+    True,
+    ["project=x"],
+    {"project": 5},
+    {"project": None},
+    {"project": ""},
+    {"project": "two words"},
+    {"project": "a,b"},
+    {"project": "a=b"},
+    {"project": "v" * 129},
+    {"project": "ünï"},
+    {"": "x"},
+    {"has space": "x"},
+    {"_lead": "x"},
+    {"n" * 65: "x"},
+    {"team": "other"},  # the key's team is its team tag, nothing else
+    {"TEAM": "other"},
+    {"Project": "a", "project": "b"},  # one tag, given twice once names are lower-cased
+    {f"t{i}": "x" for i in range(17)},
+    "project",
+    "project=a,project=b",
+    "team=x",
+    "project=",
+]
+
 FIELDS: list[tuple[str, list[Any]]] = [
     ("name", BAD_NAMES),
     ("team", BAD_TEAMS),
@@ -189,6 +215,7 @@ FIELDS: list[tuple[str, list[Any]]] = [
     ("tpm", BAD_TPM),
     ("budget", BAD_BUDGETS),
     ("models", BAD_MODELS),
+    ("tags", BAD_TAGS),
     ("expires", BAD_EXPIRES),
 ]
 CREATE_CASES = [(field, value) for field, values in FIELDS for value in values]
@@ -196,7 +223,8 @@ CREATE_CASES = [(field, value) for field, values in FIELDS for value in values]
 UPDATE_CASES = [
     (field, value) for field, values in FIELDS if field not in ("name", "team") for value in values if value is not None
 ]
-TEAM_CASES = [(field, value) for field, values in FIELDS if field in ("rpm", "tpm", "budget") for value in values]
+TEAM_FIELDS = ("rpm", "tpm", "budget", "tags")
+TEAM_CASES = [(field, value) for field, values in FIELDS if field in TEAM_FIELDS for value in values]
 
 
 def _id(value: Any) -> str:
@@ -336,6 +364,7 @@ def test_good_values_at_the_ends_of_their_ranges_work(gw):
             "tpm": 1_000_000_000,
             "budget": "0.000001/day",
             "models": ["gpt-4o-mini", "ft:gpt-4o:org:*", "openai/gpt-?"],
+            "tags": {f" Tag{i}.x_y-z ": f"v{i}:{'~' * 120}" for i in range(16)},  # names lower-cased, trimmed
             "expires": "1s",
         },
     )
@@ -345,6 +374,9 @@ def test_good_values_at_the_ends_of_their_ranges_work(gw):
     assert (body["rpm"], body["tpm"]) == (1, 1_000_000_000)
     assert (body["budget_usd"], body["budget_period"]) == ("0.0000010000", "day")
     assert body["models"] == ["gpt-4o-mini", "ft:gpt-4o:org:*", "openai/gpt-?"]
+    assert body["tags"] == {f"tag{i}.x_y-z": f"v{i}:{'~' * 120}" for i in range(16)}
+    tagged = gw.admin.patch(f"/admin/keys/{body['id']}", json={"tags": "project=Apollo, env=prod"})
+    assert tagged.status_code == 200 and tagged.json()["tags"] == {"project": "Apollo", "env": "prod"}, tagged.text
     key_id = body["id"]
     for budget, usd, period in (
         ("1000000/month", "1000000.0000000000", "month"),
@@ -370,9 +402,11 @@ def test_good_values_at_the_ends_of_their_ranges_work(gw):
     models = [f"m{i}" for i in range(100)]
     assert gw.admin.patch(f"/admin/keys/{key_id}", json={"models": models}).json()["models"] == models
     cleared = gw.admin.patch(
-        f"/admin/keys/{key_id}", json={"rpm": None, "tpm": None, "budget": None, "models": None, "expires": None}
+        f"/admin/keys/{key_id}",
+        json={"rpm": None, "tpm": None, "budget": None, "models": None, "tags": None, "expires": None},
     )
     assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["tags"] == {}
     assert {k: cleared.json()[k] for k in ("rpm", "tpm", "budget_usd", "budget_period", "models", "expires")} == {
         "rpm": None,
         "tpm": None,
@@ -398,7 +432,7 @@ def test_the_findings(gw, base_key):
     assert stored_key(gw, base_key["id"])["budget_usd"] == 50
 
 
-def test_the_cli_refuses_the_same_budgets_and_durations(gw):
+def test_the_cli_refuses_the_same_budgets_durations_and_tags(gw):
     url = gw.gateway.settings.store.url
     env = {
         **os.environ,
@@ -413,6 +447,8 @@ def test_the_cli_refuses_the_same_budgets_and_durations(gw):
         "zero-expiry": (["--expires", "0d"], "out of range"),
         "long-expiry": (["--expires", "99999999999999999999d"], "unreadable duration"),
         "name": (["--team", "bell\x07"], "team may hold only"),
+        "tags": (["--tags", "team=other"], "the tag 'team' is the key's team"),
+        "tag-value": (["--tags", "project=a b"], "must be 1 to 128 printable ASCII characters"),
     }
     started = {
         label: subprocess.Popen(

@@ -3,8 +3,8 @@
 Two keys on one gateway, the official SDK and raw HTTP: a fine-tuned model is its maker's (not
 listed, usable or deletable by another key); ids inside bodies (``conversation``, a file
 search tool's ``vector_store_ids``, a code interpreter's ``container``, a top-level ``file_id``,
-a batch file's lines) are checked like ids in paths; tag budgets follow the key's team, never
-the caller's ``ferryman-tags`` header.
+a batch file's lines) are checked like ids in paths; tag budgets follow the tags a key and its
+team carry (set by the admin), never the caller's ``ferryman-tags`` header.
 """
 
 from __future__ import annotations
@@ -137,6 +137,61 @@ def test_tag_budgets_follow_the_keys_team_not_the_callers_header(gateway, ferrym
         alice.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, extra_headers=extra)
         charged.append(spend())
     assert all(later > earlier for earlier, later in itertools.pairwise(charged))
+
+
+def _tag_spend(gw: Any, scope: str) -> Decimal:
+    budget = gw.gateway.pipeline.stage(Budget)
+    spent, reserved = gw.server.call(budget.snapshot(scope))
+    return Decimal(spent) + Decimal(reserved)
+
+
+def test_a_key_bills_to_its_own_tags_and_its_teams(gateway, ferryman_mock):
+    """A rule on `tag:project=apollo` counts the calls of keys that carry project=apollo (their
+    own tag or their team's), whatever the caller's header says; a team's tag wins over its key's."""
+    gw = gateway(budgets=[{"scope": "tag:project=apollo", "period": "day", "usd": "5"},
+                          {"scope": "tag:project=zeus", "period": "day", "usd": "5"}])  # fmt: skip
+    gw.server.call(gw.gateway.keys.set_team("apollo-team", tags={"project": "apollo"}))
+    alice = gw.client(gw.new_key("alice", tags={"project": "Apollo"}))
+    carol = gw.client(gw.new_key("carol", team="apollo-team", tags={"project": "zeus"}))  # the team's tag wins
+    bob = gw.client(gw.new_key("bob"))
+
+    def spend(project: str = "apollo") -> Decimal:
+        return _tag_spend(gw, f"tag:project={project}")
+
+    for header in ("project=apollo", "PROJECT=Apollo", "project=apollo,project=zz", "team=apollo-team"):
+        bob.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5,
+                                    extra_headers={"ferryman-tags": header})  # fmt: skip
+    assert spend() == 0
+    charged = [spend()]
+    for client, header in ((alice, None), (alice, "project=zz"), (alice, "Project=zeus,project=apollo"),
+                           (carol, None), (carol, "project=zeus")):  # fmt: skip
+        extra = {"ferryman-tags": header} if header else {}
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, extra_headers=extra)
+        charged.append(spend())
+    assert all(later > earlier for earlier, later in itertools.pairwise(charged))
+    assert spend("zeus") == 0  # neither Carol's own tag nor anyone's header reached zeus
+
+
+def test_a_tag_budget_cannot_be_escaped_once_spent(gateway, ferryman_mock):
+    """Alice's key carries project=apollo; once the project's budget is spent she is refused
+    (429 budget_exceeded) however she spells her header, and nothing more reaches the upstream."""
+    gw = gateway(budgets=[{"scope": "tag:project=apollo", "period": "day", "usd": "0.00002"}])
+    alice = gw.client(gw.new_key("alice", tags={"project": "apollo"}))
+    for _ in range(50):
+        try:
+            alice.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+        except openai.RateLimitError as error:
+            assert error.code == "budget_exceeded"
+            break
+    else:
+        pytest.fail("the project's budget never ran out")
+    ferryman_mock.clear_requests()
+    for header in ("project=zz", "PROJECT=other", "project=,project=zz", "team=x", "a=b"):
+        with pytest.raises(openai.RateLimitError) as caught:
+            alice.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5,
+                                          extra_headers={"ferryman-tags": header})  # fmt: skip
+        assert caught.value.code == "budget_exceeded", header
+    assert ferryman_mock.requests() == []
 
 
 def test_a_batch_file_cannot_hide_another_keys_model(gateway):

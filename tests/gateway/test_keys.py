@@ -294,6 +294,7 @@ def test_admin_api_teams(gateway):
         "tpm": 50000,
         "budget_usd": "20.0000000000",
         "budget_period": "day",
+        "tags": {},
     }
     created = gw.admin.post("/admin/keys", json={"name": "a1", "team": "alpha"}).json()
     assert created["team"] == "alpha"
@@ -313,3 +314,50 @@ def test_admin_api_teams(gateway):
     assert [t["name"] for t in gw.admin.get("/admin/teams").json()["data"]] == ["beta"]
     assert client.models.list().data  # no team, no team limit
     assert gw.admin.delete("/admin/teams/alpha").json()["deleted"] is False
+
+
+def test_cli_billing_tags_decide_what_a_key_charges(gateway):
+    """`keys create --tags`, `keys tags` and `teams set --tags` set what `tag:` budget rules count,
+    on a running gateway sharing the store: the key's spend moves from one project to the other,
+    and a team's tag wins over its key's."""
+    from ferryman.pipeline.budget import Budget
+
+    rules = [{"scope": f"tag:project={p}", "period": "day", "usd": "5"} for p in ("apollo", "zeus", "hera")]
+    gw = gateway(budgets=rules)
+    url = f"sqlite:///{db_path(gw)}"
+    code, out, err = run_cli(url, "create", "--name", "tagged", "--tags", "project=apollo, env=prod")
+    assert code == 0, err
+    client = gw.client(out.strip())
+
+    def spend() -> dict[str, Decimal]:
+        stage = gw.gateway.pipeline.stage(Budget)
+        found = {}
+        for project in ("apollo", "zeus", "hera"):
+            spent, reserved = gw.server.call(stage.snapshot(f"tag:project={project}"))
+            found[project] = Decimal(spent) + Decimal(reserved)
+        return found
+
+    chat(client)
+    first = spend()
+    assert first["apollo"] > 0 and first["zeus"] == first["hera"] == 0
+    code, _, err = run_cli(url, "tags", "tagged", "project=zeus")
+    assert code == 0 and "project=zeus" in err, err
+    code, out, _ = run_cli(url, "list")
+    assert "project=zeus" in out and "env=prod" not in out  # `keys tags` sets all of them
+    gw.gateway.key_cache.forget()
+    chat(client)
+    second = spend()
+    assert second["apollo"] == first["apollo"] and second["zeus"] > 0
+
+    team = subprocess.run(
+        [sys.executable, "-m", "ferryman.cli", "teams", "set", "olympus", "--tags", "project=hera", "--store", url],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}, timeout=60,
+    )  # fmt: skip
+    assert team.returncode == 0 and "project=hera" in team.stderr, team.stderr
+    code, out, err = run_cli(url, "create", "--name", "member", "--team", "olympus", "--tags", "project=zeus")
+    assert code == 0, err
+    chat(gw.client(out.strip()))
+    third = spend()
+    assert third["hera"] > 0 and third["zeus"] == second["zeus"]  # the team's tag, not the key's own
+    code, _, err = run_cli(url, "tags", "tagged", "team=olympus")
+    assert code == 2 and "the tag 'team' is the key's team" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ import time
 
 from ferryman.errors import OpenAIError, missing_key
 from ferryman.exchange import Cap, Exchange, Principal, Rate, Reply
-from ferryman.gateway.keys import PREFIX, KeyCache, KeyRecord, TeamRecord
+from ferryman.gateway.keys import PREFIX, KeyCache, KeyRecord, TeamRecord, billing_tags
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.guard import refusal_reply
 
@@ -47,7 +47,6 @@ def principal_of(key: KeyRecord, team: TeamRecord | None) -> Principal:
             caps.append(Cap(f"team:{team.name}", team.budget_period or "month", team.budget_usd))
         if team.rpm or team.tpm:
             rates.append(Rate(f"team:{team.name}", team.rpm, team.tpm))
-    billing = (("team", key.team),) if key.team else ()
     return Principal(
         id=key.id,
         team=key.team,
@@ -55,7 +54,7 @@ def principal_of(key: KeyRecord, team: TeamRecord | None) -> Principal:
         caps=tuple(caps),
         rates=tuple(rates),
         models=key.models,
-        billing_tags=billing,
+        billing_tags=billing_tags(key, team),
     )
 
 

@@ -64,6 +64,10 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + "Z" if ts else "-"
 
 
+def _tags(tags: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-"
+
+
 def _bad(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
@@ -206,15 +210,20 @@ def create(
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.", min=1)] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (prompt + max output).", min=1)] = None,
     models: Annotated[str | None, typer.Option(help="Allowed models, comma-separated (globs allowed).")] = None,
+    tags: Annotated[
+        str | None,
+        typer.Option(help="Billing tags, counted by tag: budget rules: project=apollo,env=prod."),
+    ] = None,
     expires: Annotated[str | None, typer.Option(help="Lifetime: 30d, 12h, 2w.")] = None,
     store: StoreOption = None,
 ) -> None:
     """Create a key and print it once (it is stored only as a hash)."""
-    from ferryman.gateway.keys import parse_budget, parse_duration
+    from ferryman.gateway.keys import check_tags, parse_budget, parse_duration
 
     try:
         parsed_budget = parse_budget(budget) if budget else None
         expires_in = parse_duration(expires) if expires else None
+        parsed_tags = check_tags(tags, "--tags")
     except ValueError as error:
         raise _bad(str(error)) from None
     keys = _keystore(store)
@@ -227,6 +236,7 @@ def create(
                 tpm=tpm,
                 budget=parsed_budget,
                 models=models.split(",") if models else None,
+                tags=parsed_tags,
                 expires_in_s=expires_in,
             )
         )
@@ -245,7 +255,9 @@ def list_keys(
     keys = _keystore(store)
     records = _run(keys.all(include_revoked=all_keys))
     usage = _run(keys.usage())
-    table = Table("id", "name", "team", "key", "state", "budget", "rpm", "tpm", "models", "calls", "spent $", "expires")
+    table = Table(
+        "id", "name", "team", "key", "state", "budget", "rpm", "tpm", "models", "tags", "calls", "spent $", "expires"
+    )
     now = time.time()
     for r in records:
         u = usage.get(r.id) or {}
@@ -259,6 +271,7 @@ def list_keys(
             str(r.rpm or "-"),
             str(r.tpm or "-"),
             ",".join(r.models) if r.models else "all",
+            _tags(r.tags),
             str(u.get("calls", 0)),
             str(u.get("cost_usd", "0")),
             _when(r.expires),
@@ -283,6 +296,29 @@ def show(
     usage = _run(keys.usage()).get(record.id) or {}
     for field, value in {**record.public(), **{f"usage.{k}": v for k, v in usage.items()}}.items():
         out.print(f"[bold]{field}[/bold]: {value}")
+
+
+@keys_app.command("tags")
+def set_tags(
+    key: Annotated[str, typer.Argument(help="Key id (key_…) or name.")],
+    tags: Annotated[str, typer.Argument(help='All of its billing tags: "project=apollo,env=prod" ("" for none).')],
+    store: StoreOption = None,
+) -> None:
+    """Set the tags a key bills to: tag: budget rules count these (and its team's), never a caller's header."""
+    from ferryman.gateway.keys import KeyError_, check_tags
+
+    try:
+        parsed = check_tags(tags, "tags")
+    except ValueError as error:
+        raise _bad(str(error)) from None
+    keys = _keystore(store)
+    try:
+        record = _run(keys.find(key))
+        record = _run(keys.set_limits(record.id, tags=parsed))
+    except KeyError_:
+        err.print(f"[red]error:[/red] no key {key!r}")
+        raise typer.Exit(1) from None
+    err.print(f"[bold]{record.id}[/bold] ({record.name}) bills to: {_tags(record.tags)}")
 
 
 @keys_app.command("rotate")
@@ -325,26 +361,32 @@ def set_team(
     budget: Annotated[str | None, typer.Option(help="USD per period for the whole team: 500/month.")] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute for the whole team.", min=1)] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute for the whole team.", min=1)] = None,
+    tags: Annotated[
+        str | None,
+        typer.Option(help="Billing tags every key of the team carries: project=apollo,env=prod."),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
-    """Create or change a team's shared limits and budget."""
-    from ferryman.gateway.keys import parse_budget
+    """Create or change a team's shared limits, budget and billing tags (all at once: what is left out is none)."""
+    from ferryman.gateway.keys import check_tags, parse_budget
 
     try:
         parsed = parse_budget(budget) if budget else None
+        parsed_tags = check_tags(tags, "--tags")
+        team = _run(_keystore(store).set_team(name, rpm=rpm, tpm=tpm, budget=parsed, tags=parsed_tags))
     except ValueError as error:
         raise _bad(str(error)) from None
-    team = _run(_keystore(store).set_team(name, rpm=rpm, tpm=tpm, budget=parsed))
     err.print(
-        f"team [bold]{team.name}[/bold]: budget {team.budget_usd or '-'}, rpm {team.rpm or '-'}, tpm {team.tpm or '-'}"
+        f"team [bold]{team.name}[/bold]: budget {team.budget_usd or '-'}, rpm {team.rpm or '-'}, "
+        f"tpm {team.tpm or '-'}, tags {_tags(team.tags)}"
     )
 
 
 @teams_app.command("list")
 def list_teams(store: StoreOption = None) -> None:
     """List teams and their limits."""
-    table = Table("team", "budget", "rpm", "tpm")
+    table = Table("team", "budget", "rpm", "tpm", "tags")
     for t in _run(_keystore(store).teams()):
         budget = f"{t.budget_usd}/{t.budget_period}" if t.budget_usd is not None else "-"
-        table.add_row(t.name, budget, str(t.rpm or "-"), str(t.tpm or "-"))
+        table.add_row(t.name, budget, str(t.rpm or "-"), str(t.tpm or "-"), _tags(t.tags))
     out.print(table)

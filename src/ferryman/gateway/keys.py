@@ -4,7 +4,12 @@ A key is 32 random bytes (``secrets.token_urlsafe``), so a plain SHA-256 is as g
 hash here: nothing about it can be guessed. A presented key is looked up by its hash and the
 stored hash compared with ``hmac.compare_digest``. Each key has an id (``key_…``, safe to log:
 it is the caller's principal everywhere), a name, an optional team, limits (RPM, TPM), a budget
-(USD per day or month), allowed models (globs), an expiry, and a revocation time.
+(USD per day or month), allowed models (globs), billing tags, an expiry, and a revocation time.
+
+Billing tags (``project=apollo``) are what ``tag:`` budget rules count: a key bills to its own
+tags, its team's tags and ``team=<its team>``, never to what a caller's ``ferryman-tags`` header
+says (a header adds reporting tags only). Where a key's tag and its team's disagree, the team's
+wins: one key cannot be configured out of its team's budget.
 
 :class:`KeyStore` is the table's one reader and writer (the CLI and the admin API both use it);
 :class:`KeyCache` keeps lookups for ``ttl_s`` (default 0.5 s) so a revocation on any instance
@@ -46,6 +51,10 @@ NAME_CHARS = "printable characters but '/' (no control characters or line breaks
 # Any printable text: names are shown escaped wherever they appear (the dashboard's test names a
 # key with HTML); control characters would forge lines in logs and terminals.
 _NAME = re.compile(r"[^/\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+MAX_TAGS = 16
+TAG_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # as a ferryman-tags header spells it, lower-case
+TAG_VALUE = re.compile(r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]{1,128}")  # printable ASCII but space , =
+RESERVED_TAGS = frozenset({"team"})  # set by the key's team, nothing else
 
 
 def new_secret() -> str:
@@ -112,6 +121,46 @@ def check_name(value: str, what: str = "name") -> str:
     return name
 
 
+def check_tags(value: dict[str, str] | str | None, what: str = "tags") -> dict[str, str]:
+    """A key's or team's billing tags: a mapping, or ``name=value,name=value`` text, of at most
+    :data:`MAX_TAGS` tags; names lower-cased (letters, digits, ``_ . -``; at most 64), values 1 to
+    128 printable ASCII characters but space, ``,`` and ``=``; ``team`` is reserved (it is the
+    key's team). Raises ValueError naming the tag."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        pairs: list[tuple[str, str]] = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, text = part.partition("=")
+            if not sep:
+                raise ValueError(f"{what}: {_shown(part.strip())} is not name=value")
+            pairs.append((name, text))
+    else:
+        pairs = list(value.items())
+    if len(pairs) > MAX_TAGS:
+        raise ValueError(f"{what}: at most {MAX_TAGS} tags, got {len(pairs)}")
+    tags: dict[str, str] = {}
+    for raw_name, raw_value in pairs:
+        if not isinstance(raw_name, str) or not isinstance(raw_value, str):
+            raise ValueError(f"{what}: tag names and values must be strings")
+        name, text = raw_name.strip().lower(), raw_value.strip()
+        if not TAG_NAME.fullmatch(name):
+            raise ValueError(f"{what}: tag name {_shown(raw_name)} must be 1 to 64 letters, digits, '_', '.' or '-'")
+        if name in RESERVED_TAGS:
+            raise ValueError(f"{what}: the tag {name!r} is the key's team; set the team instead")
+        if name in tags:
+            raise ValueError(f"{what}: the tag {name!r} is given twice")
+        if not TAG_VALUE.fullmatch(text):
+            raise ValueError(
+                f"{what}: the value of {name!r} must be 1 to 128 printable ASCII characters "
+                f"without spaces, ',' or '=', got {_shown(text)}"
+            )
+        tags[name] = text
+    return tags
+
+
 def check_limit(label: str, value: int | None) -> None:
     """rpm or tpm: None (no limit) or a whole number from 1 to :data:`LIMIT_MAX`."""
     if value is None:
@@ -135,6 +184,7 @@ class KeyRecord:
     budget_usd: Decimal | None = None
     budget_period: str | None = None
     models: tuple[str, ...] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def state(self, now: float) -> str:
@@ -161,6 +211,7 @@ class TeamRecord:
     tpm: int | None = None
     budget_usd: Decimal | None = None
     budget_period: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -184,6 +235,7 @@ def _key(row: Any, stored_hash: bool = False) -> KeyRecord:
         budget_usd=Decimal(m["budget_usd"]) if m["budget_usd"] is not None else None,
         budget_period=m["budget_period"],
         models=tuple(m["models"]) if m["models"] is not None else None,
+        tags=dict(m["tags"] or {}),
         metadata=dict(m["metadata"] or {}),
     )
 
@@ -197,7 +249,19 @@ def _team(row: Any) -> TeamRecord:
         tpm=m["tpm"],
         budget_usd=Decimal(m["budget_usd"]) if m["budget_usd"] is not None else None,
         budget_period=m["budget_period"],
+        tags=dict(m["tags"] or {}),
     )
+
+
+def billing_tags(key: KeyRecord, team: TeamRecord | None) -> tuple[tuple[str, str], ...]:
+    """What ``tag:`` budget rules count for ``key``: its tags, its team's (which win), and
+    ``team=<its team>``."""
+    tags = dict(key.tags)
+    if team is not None:
+        tags.update(team.tags)
+    if key.team:
+        tags["team"] = key.team
+    return tuple(sorted(tags.items()))
 
 
 class KeyError_(LookupError):
@@ -222,11 +286,13 @@ class KeyStore:
         tpm: int | None = None,
         budget: tuple[Decimal, str] | None = None,
         models: list[str] | None = None,
+        tags: dict[str, str] | None = None,
         expires_in_s: float | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key: returns its secret (shown once, never stored) and its record."""
         name = check_name(name)
+        checked_tags = check_tags(tags)
         team = check_name(team, "team") if team is not None and team.strip() else None
         for label, value in (("rpm", rpm), ("tpm", tpm)):
             check_limit(label, value)
@@ -247,6 +313,7 @@ class KeyStore:
             "budget_usd": budget[0] if budget else None,
             "budget_period": budget[1] if budget else None,
             "models": [m.strip() for m in models if m.strip()] if models else None,
+            "tags": checked_tags,
             "metadata": metadata or {},
         }
 
@@ -278,10 +345,12 @@ class KeyStore:
         return await self.get(key_id)
 
     async def set_limits(self, key_id: str, **values: Any) -> KeyRecord:
-        allowed = {"rpm", "tpm", "budget_usd", "budget_period", "models", "expires", "team", "name"}
+        allowed = {"rpm", "tpm", "budget_usd", "budget_period", "models", "tags", "expires", "team", "name"}
         unknown = set(values) - allowed
         if unknown:
             raise ValueError(f"unknown key fields: {sorted(unknown)}")
+        if "tags" in values:
+            values["tags"] = check_tags(values["tags"])
         if values and not await self._update(key_id, **values):
             raise KeyError_(key_id)
         return await self.get(key_id)
@@ -293,13 +362,17 @@ class KeyStore:
         rpm: int | None = None,
         tpm: int | None = None,
         budget: tuple[Decimal, str] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> TeamRecord:
+        """Sets all of a team's limits, budget and tags at once (what is left out: none)."""
+        name = check_name(name, "team")
         now = self.clock()
         values = {
             "rpm": rpm,
             "tpm": tpm,
             "budget_usd": budget[0] if budget else None,
             "budget_period": budget[1] if budget else None,
+            "tags": check_tags(tags),
         }
 
         def write(conn: Connection) -> None:

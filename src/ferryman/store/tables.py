@@ -109,6 +109,7 @@ virtual_keys = Table(
     Column("budget_usd", USD),
     Column("budget_period", String(8)),  # day | month
     Column("models", JSON),  # allowed models (globs); None: all
+    Column("tags", JSON),  # billing tags {name: value} that tag: budget rules count; None: none
     Column("metadata", JSON, nullable=False),
 )
 
@@ -122,6 +123,7 @@ teams = Table(
     Column("tpm", Integer),
     Column("budget_usd", USD),
     Column("budget_period", String(8)),
+    Column("tags", JSON),  # billing tags every key of the team carries (they win over a key's own)
 )
 
 # Which key created which stored object (file, batch, fine-tuning job, response): a key sees its own.
