@@ -391,3 +391,23 @@ def test_short_fields_are_whole(size):
         access.setLevel(level)
     assert lines.records[0].__dict__["model"] == (exchange.model or "")
     assert lines.records[0].__dict__["path"] == "/v1/chat/completions"
+
+
+def test_models_without_a_price_are_warned_of_a_bounded_number_of_times(caplog):
+    """Random unpriced model names: each of the first WARNED_MAX is named once (cut to 100
+    characters), then one warning says the rest go unnamed; the set behind it stays bounded."""
+    from ferryman.pipeline.budget import WARNED_MAX, Budget
+    from ferryman.pricing import PriceTable
+
+    budget = Budget([], store=None, prices=PriceTable.for_settings(Settings()))  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="ferryman.budget")
+    for i in range(WARNED_MAX * 4):
+        model = "x" * 5000 if i == 0 else f"random-{uuid.uuid4()}"
+        exchange = Exchange("POST", "/chat/completions", {}, b"{}")
+        exchange.json, exchange.model = {"model": model, "messages": MESSAGES}, model
+        assert budget.worst_case(exchange) == 0  # no price: nothing to reserve
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ferryman.budget"]
+    assert len(warnings) == WARNED_MAX + 1
+    assert "further ones are not named" in warnings[-1]
+    assert max(len(w) for w in warnings) < 300
+    assert len(budget._unpriced) == WARNED_MAX + 1

@@ -60,6 +60,7 @@ log = logging.getLogger("ferryman.budget")
 
 BILLED = BILLED_ENDPOINTS
 CODE = "budget_exceeded"
+WARNED_MAX = 256  # models without a price that are named in a warning, each once
 
 
 def window_of(period: str, now: float) -> tuple[str, int]:
@@ -165,12 +166,23 @@ class Budget:
             usage = {"prompt_tokens": exchange.prompt_tokens, "completion_tokens": cap or 0}
             cost = self.prices.cost_usd(candidate, usage, tier=tier)
             if cost is None:
-                if candidate and candidate not in self._unpriced:
-                    self._unpriced.add(candidate)
-                    log.warning("budget: no price for model %r; its calls reserve $0 and are not capped", candidate)
+                self._warn_unpriced(candidate)
                 continue
             costs.append(cost)
         return reservation(max(costs, default=ZERO))
+
+    def _warn_unpriced(self, model: str | None) -> None:
+        """One warning per model without a price, for the first :data:`WARNED_MAX` of them; then
+        one more saying the rest go unnamed (callers choose model names: the set stays bounded)."""
+        if not model or model in self._unpriced or len(self._unpriced) > WARNED_MAX:
+            return
+        if len(self._unpriced) == WARNED_MAX:
+            self._unpriced.add("")  # the marker: the last warning is given
+            log.warning("budget: more than %d models have no price; further ones are not named", WARNED_MAX)
+            return
+        self._unpriced.add(model)
+        shown = model if len(model) <= 100 else model[:100] + "…"
+        log.warning("budget: no price for model %r; its calls reserve $0 and are not capped", shown)
 
     # -- the call ----------------------------------------------------------------------------------
 
