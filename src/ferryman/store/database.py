@@ -59,16 +59,41 @@ def _private_sqlite_file(url: str) -> None:
         private_database(path)
 
 
+# The key of the PostgreSQL advisory lock migrations hold (any constant; this one spells "ferryman").
+MIGRATION_LOCK = 0x66657272796D616E
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (Alembic, run in-process)."""
+    """Bring the schema to the newest migration (Alembic, run in-process), under a lock so that
+    any number of instances may start at once on one database: on PostgreSQL a transaction-level
+    advisory lock (released when the migration commits), on SQLite an exclusive ``flock`` on a
+    ``-migrate.lock`` file beside the database. The instances that waited find the schema at head
+    and change nothing."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with _sqlite_migration_lock(engine), engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Any:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database.startswith((":memory:", "file:")) or not Path(database).parent.is_dir():
+        yield
+        return
+    import fcntl
+
+    from ferryman.files import open_private
+
+    with open_private(Path(database + "-migrate.lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 class Store:
