@@ -6,6 +6,7 @@ The order, outermost first (a stage sees everything inside it as one call)::
     audit       one hash-chained record per call, bodies redacted
     guard       refuses what a front door could not make canonical (paths, oversized headers)
     (gateway)   authenticate the key, intake (read and check the body), ownership of stored objects
+    bounds      integers the stages compute with in range (max_tokens, n, …): else 400 invalid_value
     limits      the caller's own RPM/TPM
     budget      reserve the worst case before, settle the real cost after
     cache       exact-match replies, streams replayed
@@ -26,6 +27,7 @@ import httpx2
 from ferryman.config import Settings, load
 from ferryman.pipeline.account import Account
 from ferryman.pipeline.audit import Audit
+from ferryman.pipeline.bounds import Bounds
 from ferryman.pipeline.budget import Budget
 from ferryman.pipeline.cache import Cache
 from ferryman.pipeline.chain import Handler, Pipeline, Stage
@@ -38,7 +40,7 @@ from ferryman.pipeline.telemetry import Telemetry
 from ferryman.store import Store, open_store
 from ferryman.upstream import Upstream
 
-ORDER = (Telemetry, Audit, Guard, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
+ORDER = (Telemetry, Audit, Guard, Bounds, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
 
 
 def build(
