@@ -10,6 +10,7 @@ import contextlib
 import os
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -18,6 +19,25 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
+# What holds connections on the loop (the sync SDK's upstreams): closed at exit, before the
+# interpreter's teardown would find them open ("Unclosed client session").
+_closables: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def close_with(owner: Any, thing: Any) -> None:
+    """``await thing.aclose()`` on the background loop when ``owner`` is garbage-collected (not
+    waited for: collection may happen on any thread), or when the process exits, whichever is
+    first."""
+    _closables.add(thing)
+
+    def collected() -> None:
+        loop = _loop
+        if loop is not None and loop.is_running() and _pid == os.getpid() and thing in _closables:
+            _closables.discard(thing)
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(thing.aclose(), loop)
+
+    weakref.finalize(owner, collected).atexit = False  # at exit, _shut_down closes and waits
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -56,9 +76,17 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
-    """At exit, close what is still open on the loop the way ``asyncio.run`` would (its async
-    generators: the upstream's sessions close with theirs), waiting a moment at most."""
+    """At exit, close what is still open on the loop: what :func:`close_at_exit` was given, then
+    the async generators (the way ``asyncio.run`` would), waiting a moment at most."""
     if loop.is_running() and _pid == os.getpid():
+
+        async def close_all() -> None:
+            things = list(_closables)
+            _closables.clear()
+            await asyncio.gather(*(thing.aclose() for thing in things), return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(asyncio.wait_for(close_all(), 2), loop).result(timeout=3)
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=2)
 

@@ -228,6 +228,9 @@ class FerrymanTransport(httpx2.BaseTransport):
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.destination = Destination.implicit(pipeline)
+        if hasattr(pipeline.terminal, "aclose"):
+            # a client dropped or never closed leaves no open session behind (nor at exit)
+            _loop.close_with(self, pipeline.terminal)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         if self.destination is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import openai
 import pytest
 
@@ -72,3 +74,45 @@ def test_files_and_multipart_pass_through(ferryman_client):
     client = ferryman_client()
     uploaded = client.files.create(file=("data.jsonl", b'{"a": 1}\n'), purpose="batch")
     assert client.files.content(uploaded.id).read() == b'{"a": 1}\n'
+
+
+def test_a_client_never_closed_leaves_no_open_session(tmp_path):
+    """`ferryman.OpenAI()` in someone's pytest run, never closed: no "Unclosed client session"
+    at exit, whether the client was dropped during the run or lived to the end."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "test_app.py").write_text(
+        textwrap.dedent(
+            """
+            import ferryman
+
+            KEPT = []
+
+            def _call(ferryman_mock):
+                client = ferryman.OpenAI(base_url=ferryman_mock.base_url, api_key="unused")
+                reply = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+                )
+                assert reply.choices
+                return client
+
+            def test_dropped(ferryman_mock):
+                _call(ferryman_mock)
+
+            def test_kept(ferryman_mock):
+                KEPT.append(_call(ferryman_mock))
+            """
+        )
+    )
+    env = {**os.environ, "FERRYMAN_DATA_DIR": str(tmp_path / "data"), "PYTHONDEVMODE": "1"}
+    env.pop("FERRYMAN_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "2 passed" in output
+    assert "Unclosed" not in output, output
