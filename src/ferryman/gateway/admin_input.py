@@ -27,7 +27,8 @@ whose ``param`` names the field:
 - ``days`` 1 to 366, ``limit`` 1 to 1000, ``hours`` 1 to 8784: whole numbers
 
 A failure that is not the caller's answers in the same shape: 503 ``store_unavailable`` when
-the database (or Redis) cannot be reached or used, 500 ``server_error`` otherwise, logged once
+the database (or Redis) cannot be reached or used, 503 ``disk_full`` when the disk is full
+(:mod:`ferryman.store.faults`), 500 ``server_error`` otherwise, logged once
 without a traceback or a secret (:func:`failure_response`).
 """
 
@@ -45,7 +46,7 @@ from starlette.responses import Response
 
 from ferryman.errors import OpenAIError
 from ferryman.gateway.keys import LIMIT_MAX, check_limit, check_name, check_tags, parse_budget, parse_duration
-from ferryman.redact import secrets
+from ferryman.store.faults import describe, infrastructure_failure
 
 log = logging.getLogger("ferryman.gateway.admin")
 
@@ -221,54 +222,12 @@ def expires_of(body: dict[str, Any]) -> float | None:
         raise bad(str(error), "expires") from None
 
 
-def store_down(error: BaseException) -> bool:
-    """The database (or Redis) could not be reached or used, here or in what caused this."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        redis_down: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
-    except ImportError:  # pragma: no cover - redis is a dependency
-        redis_down = ()
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            break
-        if isinstance(seen, OperationalError) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
-            return True
-        if redis_down and isinstance(seen, redis_down):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def describe(error: BaseException) -> str:
-    """One line about ``error`` for the log: the driver's message, never the SQL or its parameters."""
-    from sqlalchemy.exc import DBAPIError
-
-    cause: BaseException = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    text = (str(cause).strip().splitlines() or [""])[0][:300]
-    name = type(error).__name__
-    if type(cause).__name__ != name:
-        name = f"{name} ({type(cause).__name__})"
-    return secrets(f"{name}: {text}" if text else name)
-
-
 def failure_response(request: Request, error: BaseException) -> Response:
     """An unexpected error in an admin route: logged once, answered in OpenAI's shape."""
     log.error("admin API: %s %s failed: %s", request.method, request.url.path, describe(error))
-    if store_down(error):
-        return error_response(
-            OpenAIError(
-                503,
-                "The gateway's database is unavailable; please try again.",
-                "server_error",
-                None,
-                "store_unavailable",
-            )
-        )
+    named = infrastructure_failure(error)
+    if named is not None:
+        return error_response(named)
     return error_response(
         OpenAIError(
             500,

@@ -35,6 +35,7 @@ from ferryman.gateway.access_log import AccessLog
 from ferryman.gateway.auth import CREDENTIAL_NOTE, Authenticate, presented_key
 from ferryman.gateway.intake import BODY_NOTE, AsgiBody, declared_length
 from ferryman.pipeline.chain import Pipeline
+from ferryman.store.faults import describe, infrastructure_failure
 from ferryman.transport import ferryman_headers
 
 Scope = MutableMapping[str, Any]
@@ -94,7 +95,7 @@ def upstream_failure(error: BaseException) -> OpenAIError:
             None,
             "upstream_unreachable",
         )
-    return OpenAIError(
+    return infrastructure_failure(error) or OpenAIError(
         500, "The gateway had an error while processing your request.", "server_error", None, "server_error"
     )
 
@@ -156,6 +157,8 @@ class Proxy:
             failure = upstream_failure(error)
             if failure.status == 500:
                 log.error("gateway: %s %s failed: %s", method, exchange.path, redact.secrets(repr(error)))
+            elif failure.status == 503:  # the database, Redis or the disk: named, once per call
+                log.error("gateway: %s %s failed (%s): %s", method, exchange.path, failure.code, describe(error))
             exchange.error = exchange.error or type(error).__name__
             reply = error_reply(failure)
         if reply.status >= 400 and not reply.is_stream and reply.body:
