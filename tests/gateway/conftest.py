@@ -21,7 +21,7 @@ import pytest
 
 from ferryman.config import Settings
 from ferryman.gateway.app import Gateway
-from ferryman.gateway.keys import parse_budget, parse_duration
+from ferryman.gateway.key_rules import parse_budget, parse_duration
 from ferryman.gateway.server import BackgroundGateway
 from ferryman.mock.control_client import MockControl
 from tests.pipeline.conftest import mock_deployment, upstream_key  # noqa: F401  (a fixture)

@@ -1,8 +1,7 @@
 """The admin API's input, field by field, over real HTTP: a bad value is a 400 in OpenAI's shape
 whose ``param`` names the field, before anything is written; a good value at either end of its
 range still works; a failing store is a JSON 503 or 500, never a traceback. The CLI refuses the
-same budgets and durations through :func:`ferryman.gateway.keys.parse_budget` and
-``parse_duration``.
+same budgets, durations and tags through :mod:`ferryman.gateway.key_rules`.
 
 Most tests share one gateway (a module fixture: starting one per parameter would take minutes);
 the ones that break its store start their own.

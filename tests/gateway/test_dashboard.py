@@ -24,7 +24,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from ferryman.gateway.keys import parse_budget
+from ferryman.gateway.key_rules import parse_budget
 from ferryman.mock.control_client import MockControl
 from tests.gateway.conftest import ADMIN_KEY
 from tests.leak_guard import assert_no_secrets

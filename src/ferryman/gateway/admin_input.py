@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ferryman.errors import OpenAIError
-from ferryman.gateway.keys import LIMIT_MAX, check_limit, check_name, check_tags, parse_budget, parse_duration
+from ferryman.gateway.key_rules import LIMIT_MAX, check_limit, check_name, check_tags, parse_budget, parse_duration
 from ferryman.store.faults import describe, infrastructure_failure
 
 log = logging.getLogger("ferryman.gateway.admin")

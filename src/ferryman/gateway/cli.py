@@ -218,7 +218,7 @@ def create(
     store: StoreOption = None,
 ) -> None:
     """Create a key and print it once (it is stored only as a hash)."""
-    from ferryman.gateway.keys import check_tags, parse_budget, parse_duration
+    from ferryman.gateway.key_rules import check_tags, parse_budget, parse_duration
 
     try:
         parsed_budget = parse_budget(budget) if budget else None
@@ -305,7 +305,8 @@ def set_tags(
     store: StoreOption = None,
 ) -> None:
     """Set the tags a key bills to: tag: budget rules count these (and its team's), never a caller's header."""
-    from ferryman.gateway.keys import KeyError_, check_tags
+    from ferryman.gateway.key_rules import check_tags
+    from ferryman.gateway.keys import KeyError_
 
     try:
         parsed = check_tags(tags, "tags")
@@ -368,7 +369,7 @@ def set_team(
     store: StoreOption = None,
 ) -> None:
     """Create or change a team's shared limits, budget and billing tags (all at once: what is left out is none)."""
-    from ferryman.gateway.keys import check_tags, parse_budget
+    from ferryman.gateway.key_rules import check_tags, parse_budget
 
     try:
         parsed = parse_budget(budget) if budget else None
