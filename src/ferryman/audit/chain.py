@@ -1,4 +1,5 @@
-"""The audit chain: append, verify, prune and export hash-chained records.
+"""The audit chain: append, verify, prune and export hash-chained records (reading stored
+values back for verify: :mod:`ferryman.audit.stored`).
 
 Each record's ``hash`` is ``sha256(prev_hash || canonical JSON of its fields, seq included)``;
 the first record's ``prev_hash`` is 64 zeros. A signed ``head`` checkpoint (HMAC-SHA256 over kind,
@@ -14,21 +15,19 @@ SQLite by taking the write lock first (a no-op UPDATE) before reading the head.
 from __future__ import annotations
 
 import hashlib
-import math
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, func, inspect, select, text, type_coerce
-from sqlalchemy.types import NullType
+from sqlalchemy import Connection, Engine, bindparam, func, inspect, select, text
 
 from ferryman.audit.head import Head, HeadWriter
 from ferryman.audit.keys import CheckpointKey
+from ferryman.audit.stored import HEX, RAW_RECORDS, brief, column_processors, parse_record
 from ferryman.store.tables import audit, audit_checkpoints
 
 ZERO_HASH = "0" * 64
@@ -58,25 +57,6 @@ FIELDS = (
 )
 _FLOATS = {"ts": 6, "latency_ms": 3, "ttft_ms": 3}
 _USD_STEP = Decimal("1E-10")  # the column's scale: Numeric(20, 10)
-# What verify checks each stored value against before hashing it (a malformed record is named,
-# never a crash): the columns that must hold a value, and each column's kind.
-_REQUIRED = frozenset(c.name for c in audit.columns if not c.nullable)
-_WHOLE = frozenset({"seq", "status", "attempts", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"})
-_NUMBER = frozenset({"ts", "latency_ms", "ttft_ms"})
-_HEX = re.compile(r"[0-9a-f]{64}")
-_HASHES = ("prev_hash", "hash")
-_COLUMNS = tuple(c.name for c in audit.columns)
-# The type a column's value has when all is well, where one type test is all it takes.
-_PLAIN: dict[str, type] = {
-    **{name: str for name in _COLUMNS},
-    **{name: int for name in _WHOLE},
-    "cost_usd": Decimal,
-    "tags": dict,
-}
-_CLOSELY = frozenset({*_NUMBER, *_HASHES, "cost_usd"})  # finite numbers, hex of the right length
-# Every column as the driver hands it over (no SQLAlchemy processing, which raises on a bad value):
-# verify applies each column's own processing itself, value by value.
-_RAW_RECORDS = select(*(type_coerce(c, NullType()).label(c.name) for c in audit.columns)).order_by(audit.c.seq)
 # pg_advisory_xact_lock key: the first 8 bytes of sha256("ferryman.audit"), as a signed bigint.
 LOCK_ID = int.from_bytes(hashlib.sha256(b"ferryman.audit").digest()[:8], "big", signed=True)
 # Statements built once (parameters passed at execution keep SQLAlchemy's compiled cache hot).
@@ -114,95 +94,15 @@ def _row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _brief(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 24 else shown[:23] + "…"
-
-
-def _processors(conn: Connection, description: Any) -> list[Callable[[Any], Any] | None]:
-    """Each column's result processing (in :data:`_COLUMNS` order) as SQLAlchemy would do it on
-    this dialect and driver."""
-    types = {str(d[0]): d[1] for d in description or ()}
-    dialect = conn.dialect
-    out: list[Callable[[Any], Any] | None] = []
-    for column in audit.columns:
-        try:
-            out.append(column.type.dialect_impl(dialect).result_processor(dialect, types.get(column.name)))
-        except Exception:  # a type code the dialect does not know: the driver's value as it is
-            out.append(None)
-    return out
-
-
-def parse_record(
-    raw: Sequence[Any], processors: Sequence[Callable[[Any], Any] | None]
-) -> tuple[dict[str, Any], list[str]]:
-    """A stored row (its values in :data:`_COLUMNS` order), each value processed and checked:
-    (the values by name, what is wrong with them). A value that is wrong is given as None."""
-    values: dict[str, Any] = {}
-    wrong: list[str] = []
-    for name, value, process in zip(_COLUMNS, raw, processors, strict=True):
-        if value is None:
-            if name in _REQUIRED:
-                wrong.append(f"{name} is NULL where a value is required")
-        else:
-            if process is not None:
-                try:
-                    value = process(value)
-                except Exception:
-                    wrong.append(_unreadable(name, value))
-                    value = None
-            # the common case at the cost of one type test; anything else is looked at closely
-            if value is not None and (type(value) is not _PLAIN.get(name) or name in _CLOSELY):
-                problem = _value_problem(name, value)
-                if problem is not None:
-                    wrong.append(problem)
-                    value = None
-        values[name] = value
-    return values, wrong
-
-
-def _unreadable(name: str, value: Any) -> str:
-    if name == "tags":
-        return "tags is not valid JSON"
-    if name == "cost_usd":
-        return f"cost_usd is not a number ({_brief(value)})"
-    return f"{name} cannot be read ({_brief(value)})"
-
-
-def _value_problem(name: str, value: Any) -> str | None:
-    if name in _WHOLE:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"{name} is not a whole number ({_brief(value)})"
-    elif name in _NUMBER:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return f"{name} is not a number ({_brief(value)})"
-    elif name == "cost_usd":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, Decimal | int | float)
-            or not Decimal(str(value)).is_finite()
-        ):
-            return f"cost_usd is not a number ({_brief(value)})"
-    elif name == "tags":
-        if not isinstance(value, dict):
-            return f"tags is not a JSON object ({type(value).__name__})"
-    elif name in _HASHES:
-        if not isinstance(value, str) or not _HEX.fullmatch(value):
-            return f"{name} is not 64 lowercase hex digits ({_brief(value)})"
-    elif not isinstance(value, str):
-        return f"{name} is not text ({type(value).__name__})"
-    return None
-
-
 def _checkpoint_problem(cp: Checkpoint) -> str | None:
     for name in ("seq", "count"):
         value = getattr(cp, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return f"{name} is not a whole number ({_brief(value)})"
-    if not isinstance(cp.hash, str) or not _HEX.fullmatch(cp.hash):
-        return f"hash is not 64 lowercase hex digits ({_brief(cp.hash)})"
+            return f"{name} is not a whole number ({brief(value)})"
+    if not isinstance(cp.hash, str) or not HEX.fullmatch(cp.hash):
+        return f"hash is not 64 lowercase hex digits ({brief(cp.hash)})"
     if not isinstance(cp.signature, str):
-        return f"signature is not text ({_brief(cp.signature)})"
+        return f"signature is not text ({brief(cp.signature)})"
     return None
 
 
@@ -382,8 +282,8 @@ class Chain:
         expected_seq: int | None = (prune.seq + 1 if prune else 1) if "prune" not in unusable else None
         expected_prev: str | None = (prune.hash if prune else ZERO_HASH) if "prune" not in unusable else None
         last_seq: int | None = None  # the seq of the last record read whose seq could be read
-        result = conn.execute(_RAW_RECORDS.execution_options(yield_per=500))
-        processors = _processors(conn, result.cursor.description if result.cursor is not None else None)
+        result = conn.execute(RAW_RECORDS.execution_options(yield_per=500))
+        processors = column_processors(conn, result.cursor.description if result.cursor is not None else None)
         for raw in result:
             row, wrong = parse_record(raw, processors)
             seq = row["seq"]
