@@ -6,5 +6,6 @@
 - :mod:`.live`: the live runner on the pipeline (pacing, retries, accounting)
 - :mod:`.batch_api`: the Batch API driver (split, upload, create, poll, download, merge)
 - :mod:`.output`: the results and errors files, written whole from the journal
+- :mod:`.disk`: a full disk: the named stop (exit 4) and the reserve that keeps the replies in flight
 - :mod:`.cli`: the ``ferryman run`` command
 """

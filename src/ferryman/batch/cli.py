@@ -2,8 +2,10 @@
 
 Exit codes: 0 every line succeeded; 1 some lines failed or could not be read (see the errors
 file); 2 bad usage (unreadable input, a journal of another input, bad options); 3 stopped by
-``--max-cost`` with lines left (run again with a higher cap to go on); 130 interrupted (run the
-same command again to resume).
+``--max-cost`` with lines left (run again with a higher cap to go on); 4 stopped because the disk
+is full (the message names the file; the journal is intact: free some space and run the same
+command again to resume, see :mod:`ferryman.batch.disk`); 130 interrupted (run the same command
+again to resume).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import time
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,6 +31,9 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from ferryman.batch.disk import DiskFull
 
 err = Console(stderr=True)
 
@@ -121,13 +127,19 @@ def run(
     retries, costs, audit); or through the Batch API at half price. Kill it at any point and run
     the same command again: only lines without a recorded result are sent. Results go to
     RESULTS.jsonl (one line per request, in input order), failures to RESULTS.errors.jsonl.
+
+    Exit codes: 0 every line succeeded; 1 some lines failed or could not be read; 2 bad usage;
+    3 stopped by --max-cost with lines left; 4 stopped because the disk is full (the journal is
+    intact: free some space and run the same command again); 130 interrupted.
     """
+    from ferryman.batch.disk import EXIT_DISK_FULL, DiskFull, reserve_size
     from ferryman.batch.estimate import estimate
     from ferryman.batch.inputs import BadLine, Line, fingerprint, read_lines
     from ferryman.batch.journal import Journal, JournalMismatch, journal_path
     from ferryman.batch.output import errors_path, write_results
     from ferryman.config import load
     from ferryman.pricing import PriceTable
+    from ferryman.store.faults import disk_full
 
     if not input_file.is_file():
         err.print(f"[red]error:[/red] no such input file: {input_file}")
@@ -138,6 +150,9 @@ def run(
         settings = load()
         items = list(read_lines(input_file, model, endpoint))
     except (ValueError, OSError) as error:
+        if disk_full(error):
+            _say_disk_full(DiskFull.of(error), None)
+            raise typer.Exit(EXIT_DISK_FULL) from None
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     prices = PriceTable.for_settings(settings)
@@ -160,36 +175,60 @@ def run(
     except JournalMismatch as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    journal.add(items)
-    if retry_failed:
-        journal.retry_failed()
+    except DiskFull as error:
+        _say_disk_full(error, None)
+        raise typer.Exit(EXIT_DISK_FULL) from None
     lines = {item.custom_id: item for item in items if isinstance(item, Line)}
-    pending_ids = journal.pending_ids()
-    pending = [line for line in lines.values() if line.custom_id in pending_ids]
-    already = journal.counts()
-    if not pending:
-        err.print(f"nothing to send: all {already['done'] + already['failed']} lines have results ({output})")
     started = time.monotonic()
     interrupted = False
     stopped_by_cost = False
+    full: DiskFull | None = None
+    unrecorded = 0
     try:
-        if pending:
+        journal.add(items)
+        if retry_failed:
+            journal.retry_failed()
+        pending_ids = journal.pending_ids()
+        pending = [line for line in lines.values() if line.custom_id in pending_ids]
+        if not pending:
+            already = journal.counts()
+            err.print(f"nothing to send: all {already['done'] + already['failed']} lines have results ({output})")
+        else:
+            journal.hold_reserve(reserve_size(concurrency))  # before anything is sent: see batch.disk
             spent_before = journal.totals()["cost_usd"]
             if via is Via.live:
-                stopped_by_cost = _run_live(
-                    settings, journal, prices, pending, concurrency, cap, spent_before, progress
-                )
+                tally = _run_live(settings, journal, prices, pending, concurrency, cap, spent_before, progress)
+                stopped_by_cost, full, unrecorded = bool(tally.stopped_by_cost), tally.disk_full, tally.unrecorded
             else:
                 _run_batch_api(
                     settings, journal, prices, pending, lines, poll_s, resubmit_failed_live, concurrency, progress
                 )
     except KeyboardInterrupt:
         interrupted = True
+    except DiskFull as error:
+        full = error
+    except Exception as error:  # a full disk under another error (a temporary file, say)
+        if not disk_full(error):
+            raise
+        full = DiskFull.of(error)
     finally:
-        write_results(journal, output, order.value)
+        unwritten: DiskFull | None = None
+        try:
+            write_results(journal, output, order.value)
+        except DiskFull as error:  # the journal has every result: the next run writes the files
+            unwritten = error
         counts, totals = journal.counts(), journal.totals()
         journal.close()
+        full = full or journal.full  # batch-api: the reserve was used, and the run went on in its room
     _print_summary(counts, totals, time.monotonic() - started, output, errors_path(output))
+    if full is not None and (counts["pending"] or unrecorded or unwritten is not None):
+        _say_disk_full(full, counts, unrecorded, unwritten)
+        raise typer.Exit(EXIT_DISK_FULL)
+    if full is not None:  # the last results fitted in the reserve: the job is whole, the disk is not
+        err.print(f"[yellow]the disk is full:[/yellow] {escape(str(full))}; every line has its result", soft_wrap=True)
+    if unwritten is not None:
+        _say_disk_full(unwritten, counts)
+        raise typer.Exit(EXIT_DISK_FULL)
     if interrupted:
         err.print("[yellow]interrupted:[/yellow] run the same command again to resume")
         raise typer.Exit(130)
@@ -216,10 +255,17 @@ def _run_live(
     cap: Decimal | None,
     spent_before: Decimal,
     show: bool,
-) -> bool:
-    from ferryman.batch.live import LiveRunner
+) -> Any:
+    """Run ``pending`` live; returns the runner's :class:`~ferryman.batch.live.Tally`."""
+    from ferryman.batch.live import LiveRunner, store_full
+    from ferryman.store.faults import disk_full
 
-    pipeline = _pipeline(settings)
+    try:
+        pipeline = _pipeline(settings)
+    except Exception as error:  # its database, made or migrated on a full disk
+        if disk_full(error):
+            raise store_full(settings.store.url or settings.database_url(), error) from error
+        raise
     with progress_bar(show) as bar:
         task = bar.add_task("live", total=len(pending), tokens=0, spend=Decimal(0))
 
@@ -238,7 +284,7 @@ def _run_live(
 
         tally = asyncio.run(main())
     pipeline.store.close()
-    return bool(tally.stopped_by_cost)
+    return tally
 
 
 def _run_batch_api(
@@ -265,7 +311,33 @@ def _run_batch_api(
         again = [lines[i] for i in journal.pending_ids() if i in lines]
         if again:
             err.print(f"resubmitting {len(again)} failed lines live")
-            _run_live(settings, journal, prices, again, concurrency, None, Decimal(0), show)
+            tally = _run_live(settings, journal, prices, again, concurrency, None, Decimal(0), show)
+            if tally.disk_full is not None:
+                raise tally.disk_full
+
+
+def _say_disk_full(
+    error: DiskFull, counts: dict[str, int] | None, unrecorded: int = 0, unwritten: DiskFull | None = None
+) -> None:
+    """What stopped the run, where, and that running it again resumes it: no traceback."""
+    err.print(f"[red]disk full:[/red] {escape(str(error))}", soft_wrap=True)
+    if unwritten is not None:
+        err.print(f"{escape(str(unwritten))}; the next run writes it from the journal", soft_wrap=True)
+    if unrecorded:
+        err.print(
+            f"{unrecorded} replies came back after the disk filled and could not be recorded: "
+            "the next run sends those lines again",
+            soft_wrap=True,
+        )
+    if counts is None:
+        err.print("nothing was sent; free some space and run the same command again", soft_wrap=True)
+        return
+    recorded = counts["done"] + counts["failed"]
+    err.print(
+        f"the journal is intact ({recorded} lines have results, {counts['pending']} left): "
+        "free some space and run the same command again to resume",
+        soft_wrap=True,
+    )
 
 
 def _print_estimate(result: Any) -> None:

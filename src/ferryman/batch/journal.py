@@ -11,22 +11,32 @@ are. The results file is written from the journal, whole, at the end of every ru
 
 It is a local, single-writer file, so the standard library's ``sqlite3`` (WAL, one commit per
 result) is all it needs; the journal belongs to one input file (its sha256 is kept).
+
+A write that does not fit on the disk raises :class:`~ferryman.batch.disk.DiskFull` naming the
+journal, and changes nothing (SQLite rolls the commit back whole). With a reserve held
+(:meth:`Journal.hold_reserve`), the first such write gives the reserve's room back and is tried
+once more, and :attr:`Journal.full` tells the runner to take no new line (see
+:mod:`ferryman.batch.disk`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from ferryman.batch.disk import DiskFull, Reserve, room
 from ferryman.batch.inputs import BadLine, Line
 from ferryman.files import private_database
+from ferryman.store.faults import disk_full
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -100,11 +110,22 @@ def journal_path(output: Path) -> Path:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        private_database(path)  # 0600 before SQLite opens it, so its -wal and -shm are 0600 too
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives kill -9
-        self.db.executescript(SCHEMA)
+        self.reserve: Reserve | None = None
+        self.full: DiskFull | None = None  # set when a full disk took the reserve: stop sending
+        try:
+            private_database(path)  # 0600 before SQLite opens it, so its -wal and -shm are 0600 too
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except OSError as error:
+            if disk_full(error):
+                raise DiskFull(path, "the journal", error) from error
+            raise
+        try:
+            self._write(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
+            self.db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives kill -9
+            self._write(lambda: self.db.executescript(SCHEMA))
+        except BaseException:
+            self.db.close()
+            raise
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM lines").fetchone()
         self._seq = int(row[0])
 
@@ -124,14 +145,46 @@ class Journal:
         return journal
 
     def close(self) -> None:
-        self.db.close()
+        """Close the database and delete the reserve (a run holds it only while it sends)."""
+        try:
+            self.db.close()
+        finally:
+            if self.reserve is not None:
+                self.reserve.release()
+
+    def hold_reserve(self, size: int) -> None:
+        """Allocate ``size`` bytes beside the journal (at most a quarter of the room left, so a
+        nearly full disk still runs), for the results of the lines in flight should the disk fill;
+        :class:`DiskFull` now if even that does not fit."""
+        reserve = Reserve(self.path.with_name(self.path.name + "-reserve"), min(size, room(self.path) // 4))
+        reserve.make()
+        self.reserve = reserve
+
+    def _write(self, write: Callable[[], T]) -> T:
+        """``write()``, with a full disk made a :class:`DiskFull`; the first time, after giving
+        the reserve's room back and trying once more."""
+        try:
+            return write()
+        except sqlite3.Error as error:
+            if not disk_full(error):
+                raise
+            failure = DiskFull(self.path, "the journal", error)
+            if self.reserve is None or not self.reserve.release():
+                raise failure from error
+            self.full = failure
+        try:
+            return write()
+        except sqlite3.Error as error:
+            if disk_full(error):
+                raise DiskFull(self.path, "the journal", error) from error
+            raise
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._write(lambda: self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
 
     # -- lines ----------------------------------------------------------------------------------
 
@@ -150,6 +203,9 @@ class Journal:
                 key = item.custom_id if item.custom_id and item.custom_id not in taken else f"bad-line-{item.number}"
                 taken.add(key)
                 rows.append((key, item.number, None, "bad", item.reason))
+        self._write(lambda: self._insert(rows))
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         self.db.execute("BEGIN")
         try:
             self.db.executemany(
@@ -157,7 +213,8 @@ class Journal:
             )
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a COMMIT that failed for room may have rolled back already
+                self.db.execute("ROLLBACK")
             raise
 
     def pending_ids(self) -> set[str]:
@@ -165,15 +222,21 @@ class Journal:
 
     def retry_failed(self) -> int:
         """Put failed lines back to pending (``--retry-failed``)."""
-        cursor = self.db.execute(
-            "UPDATE lines SET state = 'pending', error = NULL, status = NULL WHERE state = 'failed'"
+        cursor = self._write(
+            lambda: self.db.execute(
+                "UPDATE lines SET state = 'pending', error = NULL, status = NULL WHERE state = 'failed'"
+            )
         )
         return cursor.rowcount
 
     def record(self, result: Result) -> bool:
         """Commit a line's result; False if it had one already (it is then left as it was)."""
         self._seq += 1
-        cursor = self.db.execute(
+        cursor = self._write(lambda: self._update(result))
+        return cursor.rowcount == 1
+
+    def _update(self, result: Result) -> sqlite3.Cursor:
+        return self.db.execute(
             "UPDATE lines SET state = ?, status = ?, response = ?, error = ?, attempts = ?, input_tokens = ?,"
             " output_tokens = ?, cost_usd = ?, via = ?, finished = ?, seq = ?"
             " WHERE custom_id = ? AND state = 'pending'",
@@ -192,7 +255,6 @@ class Journal:
                 result.custom_id,
             ),
         )
-        return cursor.rowcount == 1
 
     def counts(self) -> dict[str, int]:
         counts = {"pending": 0, "done": 0, "failed": 0, "bad": 0}
@@ -242,7 +304,8 @@ class Journal:
     def add_part(self, custom_ids: list[str]) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(part), 0) + 1 FROM parts").fetchone()
         part = int(row[0])
-        self.db.execute("INSERT INTO parts (part, custom_ids) VALUES (?, ?)", (part, orjson.dumps(custom_ids)))
+        ids = orjson.dumps(custom_ids)
+        self._write(lambda: self.db.execute("INSERT INTO parts (part, custom_ids) VALUES (?, ?)", (part, ids)))
         return part
 
     def update_part(self, part: int, **fields: Any) -> None:
@@ -251,4 +314,4 @@ class Journal:
         if unknown:
             raise ValueError(f"unknown part fields: {sorted(unknown)}")
         columns = ", ".join(f"{name} = ?" for name in fields)
-        self.db.execute(f"UPDATE parts SET {columns} WHERE part = ?", (*fields.values(), part))
+        self._write(lambda: self.db.execute(f"UPDATE parts SET {columns} WHERE part = ?", (*fields.values(), part)))

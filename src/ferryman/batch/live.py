@@ -10,6 +10,12 @@ arrives (see :mod:`ferryman.batch.journal`), so a kill loses at most the lines i
 cap, priced) is held against the cap together with what was spent and what the lines in flight
 hold; the first line that would pass the cap stops the run cleanly (the lines in flight finish,
 the rest stay pending for a later run with a higher cap).
+
+A full disk stops the run the same way (:mod:`ferryman.batch.disk`): once a result needed the
+journal's reserve, or could not be recorded at all, or the pipeline's own database could not be
+written, no new line goes out; the lines in flight finish and are recorded if there is room, and
+:attr:`Tally.disk_full` says what filled. A line the pipeline refused for a full disk stays
+pending (it is not a failed line: nothing is wrong with it), to be sent by the next run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import orjson
 
 from ferryman import redact
+from ferryman.batch.disk import DiskFull
 from ferryman.batch.estimate import line_cost
 from ferryman.batch.inputs import Line
 from ferryman.batch.journal import Journal, Result
@@ -31,6 +38,7 @@ from ferryman.exchange import Exchange, Reply
 from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Pipeline
 from ferryman.pricing import PriceTable
+from ferryman.store.faults import disk_full
 
 HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
@@ -46,6 +54,8 @@ class Tally:
     output_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     stopped_by_cost: bool = False
+    disk_full: DiskFull | None = None  # the first full-disk failure, which stopped the run
+    unrecorded: int = 0  # replies that came back but found no room in the journal
 
     def add(self, result: Result) -> None:
         if result.ok:
@@ -141,12 +151,22 @@ class LiveRunner:
                     return
                 try:
                     result = await self._send(line)
+                except DiskFull as error:  # the pipeline's own store: the line stays pending
+                    self._stop_for(error, stop)
+                    return
                 finally:
                     self._held -= hold
-                self.journal.record(result)
+                try:
+                    self.journal.record(result)
+                except DiskFull as error:  # no room even after the reserve: sent again next run
+                    self.tally.unrecorded += 1
+                    self._stop_for(error, stop)
+                    return
                 self.tally.add(result)
                 if self.on_result is not None:
                     self.on_result(result, self.tally)
+                if self.journal.full is not None:  # recorded in the reserve's room: take no new line
+                    self._stop_for(self.journal.full, stop)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(lines)) or 1)]
         try:
@@ -156,6 +176,11 @@ class LiveRunner:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         return self.tally
+
+    def _stop_for(self, error: DiskFull, stop: asyncio.Event) -> None:
+        if self.tally.disk_full is None:
+            self.tally.disk_full = error
+        stop.set()
 
     def _hold(self, line: Line) -> Decimal | None:
         """The line's worst case, held against ``max_cost``; None if it would pass the cap."""
@@ -176,6 +201,9 @@ class LiveRunner:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # no reply after the retries: the line failed, the job goes on
+            if disk_full(error):  # the pipeline could not write its own store: not the line's fault
+                store = getattr(self.pipeline, "store", None)
+                raise store_full(getattr(getattr(store, "engine", None), "url", None), error) from error
             reason = redact.secrets(f"no reply: {type(error).__name__}: {error}")
             return Result(line.custom_id, None, None, reason, max(exchange.attempts, 1))
         finally:
@@ -184,3 +212,17 @@ class LiveRunner:
             callback()
         reply.on_close.clear()
         return result_of(line, exchange, reply)
+
+
+def store_full(url: Any, error: BaseException) -> DiskFull:
+    """The pipeline's own database (at ``url``) did not fit on the disk: named by its file if it is
+    SQLite, else by what the error names."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(str(url)) if url else None
+    except Exception:  # not a URL SQLAlchemy reads: the error names what it can
+        parsed = None
+    if parsed is None or not parsed.drivername.startswith("sqlite") or not parsed.database:
+        return DiskFull.of(error)
+    return DiskFull(parsed.database, "the pipeline's database", error)

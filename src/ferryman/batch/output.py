@@ -1,7 +1,9 @@
 """Writing the results and errors files from the journal.
 
 Both are written whole at the end of every run (a temporary file, then an atomic rename), so
-each holds exactly one line per ``custom_id`` and never a torn line, however the run ended.
+each holds exactly one line per ``custom_id`` and never a torn line, however the run ended. One
+that does not fit on the disk is :class:`~ferryman.batch.disk.DiskFull` naming it, and leaves the
+previous file as it was (the journal has every result: the next run writes it).
 
 A results line::
 
@@ -18,8 +20,10 @@ from pathlib import Path
 
 import orjson
 
+from ferryman.batch.disk import DiskFull
 from ferryman.batch.journal import Journal
 from ferryman.files import atomic_private
+from ferryman.store.faults import disk_full
 
 
 def errors_path(output: Path) -> Path:
@@ -27,10 +31,15 @@ def errors_path(output: Path) -> Path:
     return output.with_name(stem + ".errors.jsonl")
 
 
-def _write(path: Path, lines: list[bytes]) -> None:
-    with atomic_private(path, "wb") as handle:  # 0600: it holds the replies
-        for line in lines:
-            handle.write(line + b"\n")
+def _write(path: Path, lines: list[bytes], what: str) -> None:
+    try:
+        with atomic_private(path, "wb") as handle:  # 0600: it holds the replies
+            for line in lines:
+                handle.write(line + b"\n")
+    except OSError as error:
+        if disk_full(error):
+            raise DiskFull(path, what, error) from error
+        raise
 
 
 def write_results(journal: Journal, output: Path, order: str = "input") -> tuple[int, int]:
@@ -56,6 +65,6 @@ def write_results(journal: Journal, output: Path, order: str = "input") -> tuple
                 }
             )
         )
-    _write(output, results)
-    _write(errors_path(output), errors)
+    _write(output, results, "the results file")
+    _write(errors_path(output), errors, "the errors file")
     return len(results), len(errors)

@@ -6,7 +6,8 @@ recognises those causes anywhere in an exception's chain and names them in OpenA
 shape, with ``retry-after`` (the request failed closed: nothing was sent that could not be
 accounted), so a client retries and an operator knows where to look:
 
-- 503 ``disk_full``: the disk (or the SQLite database) is full (``ENOSPC``, ``SQLITE_FULL``);
+- 503 ``disk_full``: the disk (or the SQLite database) is full (``ENOSPC``, ``EDQUOT``, ``SQLITE_FULL``,
+  or a WAL ``-shm`` file SQLite could not make or grow);
 - 503 ``store_unavailable``: the database or Redis cannot be reached or used.
 """
 
@@ -32,13 +33,27 @@ def _chain(error: BaseException) -> list[BaseException]:
     return seen
 
 
+# SQLite's names for "no room": a full database or disk, and a WAL ``-shm`` file that could not be
+# made or grown (SQLite reports that as an I/O error; on a local disk it means there is no room).
+SQLITE_NO_ROOM = frozenset({"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"})
+
+
 def disk_full(error: BaseException) -> bool:
     for seen in _chain(error):
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "database or disk is full" in str(seen) or getattr(seen, "sqlite_errorname", "") == "SQLITE_FULL":
+        if "database or disk is full" in str(seen) or getattr(seen, "sqlite_errorname", "") in SQLITE_NO_ROOM:
             return True
     return False
+
+
+def disk_full_path(error: BaseException) -> str | None:
+    """The file a disk-full ``OSError`` in ``error``'s chain names (None when none does), so that
+    a message can say where the room ran out."""
+    for seen in _chain(error):
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT) and seen.filename:
+            return str(seen.filename)
+    return None
 
 
 def store_down(error: BaseException) -> bool:
