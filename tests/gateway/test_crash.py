@@ -1,5 +1,6 @@
-"""``kill -9`` of a gateway under load: the audit chain still verifies, and every reply a caller
-received in full has its audit row, with its usage and cost.
+"""``kill -9`` of a gateway under load: the audit chain still verifies, every reply a caller
+received in full has its audit row, with its usage and cost, and so does every stream the kill
+cut after it had delivered bytes (complete, or ``interrupted`` with an estimate).
 
 A real ``ferryman serve`` subprocess (on SQLite, and on PostgreSQL when it runs here) takes a
 steady load from the official async SDK: plain chat calls and slow streamed ones (the mock waits
@@ -7,7 +8,8 @@ between chunks), so streams are open when SIGKILL lands. A reply counts as recei
 its body arrived to the end: a plain 200, or a stream whose ``[DONE]`` came and whose body then
 ended cleanly; anything the kill cut is allowed either way. Afterwards ``ferryman audit verify``
 must pass, the rows are matched to the replies by ``x-request-id``, and a restarted gateway on
-the same store carries the chain on.
+the same store carries the chain on: before it is ready, it has closed the write-ahead rows the
+kill left (``audit_open``) into interrupted records.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sqlalchemy import select
 
 from ferryman.audit.chain import Chain, Report
 from ferryman.audit.keys import CheckpointKey
+from ferryman.audit.recovery import INTERRUPTED
 from ferryman.mock.control_client import MockControl
 from ferryman.store.database import make_engine
-from ferryman.store.tables import audit
+from ferryman.store.tables import audit, audit_open
 from tests.gateway.processes import (
     CHECKPOINT_REF,
     CHECKPOINT_SECRET,
@@ -50,6 +53,7 @@ STREAMS_BEFORE_KILL = 4  # this many streams
 @dataclass
 class Load:
     completed: dict[str, str] = field(default_factory=dict)  # x-request-id -> "plain" | "stream"
+    delivered: dict[str, int] = field(default_factory=dict)  # x-request-id -> body bytes a stream's caller got
     cut: int = 0  # calls the kill broke (or refused, once it was dead)
     streams_open: int = 0
     enough: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,6 +95,8 @@ async def _stream(client: openai.AsyncOpenAI, load: Load) -> None:
             seen_done = False
             async for line in response.iter_lines():  # to the body's end: a cut raises here
                 assert not line.startswith('data: {"error"'), line
+                if line:
+                    load.delivered[request_id] = load.delivered.get(request_id, 0) + len(line) + 1
                 seen_done = seen_done or line.strip() == "data: [DONE]"
     finally:
         load.streams_open -= 1
@@ -138,6 +144,16 @@ def audit_rows(store_url: str) -> list[dict[str, Any]]:
         engine.dispose()
 
 
+def open_rows(store_url: str) -> list[dict[str, Any]]:
+    """The write-ahead rows of streams in flight (or left by a gateway that died)."""
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(select(audit_open))]
+    finally:
+        engine.dispose()
+
+
 def verify(store_url: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
     result = run_cli("audit", "verify", "--db", store_url, "--key", CHECKPOINT_REF, "--json", env=env, cwd=cwd)
     assert result.returncode == 0, f"ferryman audit verify: {result.stdout}{result.stderr}"
@@ -172,11 +188,16 @@ def test_kill_9_under_load_leaves_a_verifiable_chain_and_a_row_for_every_complet
     gateway.assert_no_secrets_logged()
     assert load.cut > 0, "the kill cut no call: it did not land under load"
     assert "stream" in load.completed.values() and "plain" in load.completed.values()
+    cut = [rid for rid in load.delivered if rid not in load.completed]  # streams the kill cut mid-body
+    left = {row["record"]["fields"]["request_id"] for row in open_rows(store_url)}
+    assert set(cut) <= left | {row["request_id"] for row in audit_rows(store_url)}
 
-    # A gateway restarted on the same store (booting while the chain is checked: it writes
-    # nothing until a call comes) appends to the chain, which still verifies.
+    # A gateway restarted on the same store closes the write-ahead rows the kill left as it
+    # starts (before it is ready), and appends to the chain, which still verifies.
     again = start(env, tmp_path, "--store", store_url)
     try:
+        again.wait_ready()
+        assert open_rows(store_url) == []
         report = verify(store_url, env, tmp_path)
         rows = audit_rows(store_url)
         assert report["records"] == len(rows)
@@ -187,8 +208,15 @@ def test_kill_9_under_load_leaves_a_verifiable_chain_and_a_row_for_every_complet
             row = by_id[request_id]
             assert row["principal"] == key_id and row["status"] == 200
             assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["cost_usd"] > 0
+        unrecorded = [rid for rid in cut if rid not in by_id]
+        assert not unrecorded, f"{len(unrecorded)} of {len(cut)} streams the kill cut have no audit row"
+        for request_id in cut:  # its record came before the kill, or was made from its row after
+            row = by_id[request_id]
+            assert row["principal"] == key_id and row["status"] == 200 and row["cost_usd"] > 0
+            if row["error"] is not None:
+                assert row["error"].startswith(INTERRUPTED) and "estimate" in row["error"], row["error"]
+                assert '"usage_estimated":true' in row["response_body"]
 
-        again.wait_ready()
         client = openai.OpenAI(base_url=again.base_url, api_key=key, max_retries=0, timeout=20.0)
         with client:
             raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)

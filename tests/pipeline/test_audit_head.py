@@ -78,9 +78,9 @@ def count_full_appends(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> list[in
     calls: list[int] = []
     full = chain._append_read
 
-    def counted(record: Any) -> Any:
+    def counted(record: Any, **options: Any) -> Any:
         calls.append(1)
-        return full(record)
+        return full(record, **options)
 
     monkeypatch.setattr(chain, "_append_read", counted)
     return calls

@@ -3,6 +3,8 @@
 - :mod:`ferryman.audit.chain`: hashing, appending, verifying, pruning and exporting the chain
 - :mod:`ferryman.audit.keys`: the checkpoint key and HMAC signatures over the chain's anchors
 - :mod:`ferryman.audit.record`: bodies rendered and redacted, streams reassembled
+- :mod:`ferryman.audit.inflight`: write-ahead rows of streams in flight (``audit_open``)
+- :mod:`ferryman.audit.recovery`: rows of gateways that died become ``interrupted`` records
 - :mod:`ferryman.audit.cli`: ``ferryman audit verify | prune | export``
 
 The pipeline stage that writes the records is :mod:`ferryman.pipeline.audit`.

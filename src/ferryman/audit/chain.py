@@ -10,6 +10,12 @@ hash, from which the rest still verifies.
 
 Appends serialise across processes: on PostgreSQL with a transaction-scoped advisory lock, on
 SQLite by taking the write lock first (a no-op UPDATE) before reading the head.
+
+A stream's record may close its write-ahead row (``audit_open``, see
+:mod:`ferryman.audit.inflight`) in the transaction that appends it (``close``), and a
+recovered stream's ``interrupted`` record is appended only together with the deletion of the
+row it was made from, as it was read (:meth:`Chain.append_claimed`): however many instances
+recover at once, each row becomes exactly one record. The chain itself stays append-only.
 """
 
 from __future__ import annotations
@@ -23,12 +29,12 @@ from decimal import Decimal
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, func, inspect, select, text
+from sqlalchemy import Connection, Engine, bindparam, delete, func, inspect, select, text
 
 from ferryman.audit.head import Head, HeadWriter
 from ferryman.audit.keys import CheckpointKey
 from ferryman.audit.stored import HEX, RAW_RECORDS, brief, column_processors, parse_record
-from ferryman.store.tables import audit, audit_checkpoints
+from ferryman.store.tables import audit, audit_checkpoints, audit_open
 
 ZERO_HASH = "0" * 64
 # The fields a record's hash covers, in the order the table lists them.
@@ -64,6 +70,11 @@ _INSERT = audit.insert()
 _PUT_CHECKPOINT = audit_checkpoints.update().where(audit_checkpoints.c.kind == bindparam("_kind"))
 _ADD_CHECKPOINT = audit_checkpoints.insert()
 _SQLITE_LOCK = text("UPDATE audit_checkpoints SET kind = kind WHERE kind = 'head'")
+_CLOSE_OPEN = audit_open.delete().where(audit_open.c.id == bindparam("_open"))
+
+
+class _ClaimLost(Exception):
+    """The write-ahead row to close was gone or changed: someone else closed (or renewed) it."""
 
 
 def normalise(record: Mapping[Any, Any]) -> dict[str, Any]:
@@ -166,21 +177,32 @@ class Chain:
 
     # -- append ----------------------------------------------------------------------------
 
-    def append(self, record: Mapping[Any, Any]) -> Appended:
-        """Add one record (its fields as in :data:`FIELDS`, no seq) at the head of the chain."""
-        appended = self._append_known(record, wait=True)
+    def append(self, record: Mapping[Any, Any], close: str | None = None) -> Appended:
+        """Add one record (its fields as in :data:`FIELDS`, no seq) at the head of the chain;
+        ``close``: the id of a write-ahead row (``audit_open``) to delete in the same transaction."""
+        appended = self._append_known(record, wait=True, close=close)
         if appended is not None:
             return appended
         with self.writer.lock:
-            return self._append_read(record)
+            return self._append_read(record, close=close)
 
-    def try_append(self, record: Mapping[Any, Any]) -> Appended | None:
+    def try_append(self, record: Mapping[Any, Any], close: str | None = None) -> Appended | None:
         """:meth:`append` for an event loop's thread: only when it needs no wait and no read (SQLite,
         this process wrote the head last, the database is not busy); None otherwise, and then the
         caller runs :meth:`append` on a thread."""
         if not self.writer.sqlite:
             return None
-        return self._append_known(record, wait=False)
+        return self._append_known(record, wait=False, close=close)
+
+    def append_claimed(self, record: Mapping[Any, Any], open_id: str, lease_until: float) -> Appended | None:
+        """Append ``record`` in the transaction that deletes the write-ahead row ``open_id``, only
+        if that row is still as it was read (its lease ``lease_until``): None, and nothing
+        appended, when another instance closed it first or its owner renewed it meanwhile."""
+        with self.writer.lock:
+            try:
+                return self._append_read(record, claim=(open_id, lease_until))
+            except _ClaimLost:
+                return None
 
     def checkpoint_wal(self) -> None:
         """Fold SQLite's write-ahead log into the database (from a thread, every so many
@@ -191,7 +213,7 @@ class Chain:
     def wal_checkpoint_due(self) -> bool:
         return self.writer.checkpoint_due
 
-    def _append_known(self, record: Mapping[Any, Any], *, wait: bool) -> Appended | None:
+    def _append_known(self, record: Mapping[Any, Any], *, wait: bool, close: str | None) -> Appended | None:
         """The fast path (see :mod:`ferryman.audit.head`): from the head this process wrote last."""
         writer = self.writer
         if writer.head is None or not writer.lock.acquire(blocking=wait):
@@ -204,18 +226,27 @@ class Chain:
             digest = _row_hash(head.hash, row)
             seq, count = row["seq"], head.count + 1
             after = Head(seq, digest, count, self.key.sign("head", seq, digest, count))
-            if not writer.write(head, after, row, time.time(), wait=wait):
+            if not writer.write(head, after, row, time.time(), wait=wait, close=close):
                 return None
             return Appended(seq, digest, True)
         finally:
             writer.lock.release()
 
-    def _append_read(self, record: Mapping[Any, Any]) -> Appended:
+    def _append_read(
+        self, record: Mapping[Any, Any], close: str | None = None, claim: tuple[str, float] | None = None
+    ) -> Appended:
         """The full path: lock, read and check the head, append; remember the head when anchored."""
         self.writer.head = None
         after: Head | None = None
         with self.engine.begin() as conn:
             _lock(conn)
+            if claim is not None:
+                t = audit_open
+                gone = conn.execute(delete(t).where(t.c.id == claim[0], t.c.lease_until == claim[1])).rowcount
+                if gone != 1:
+                    raise _ClaimLost
+            elif close is not None:
+                conn.execute(_CLOSE_OPEN, {"_open": close})
             found = _checkpoints(conn)
             heads, prune = found.get("head", []), found.get("prune", [])
             last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()

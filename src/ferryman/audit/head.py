@@ -2,8 +2,9 @@
 
 A process that appends keeps the head it wrote last (seq, hash, count, signature). The next
 append then needs no read: one conditional ``UPDATE`` of the head checkpoint (``WHERE`` it is
-still exactly the row this process wrote), one ``INSERT`` of the record, one ``COMMIT``, through
-a raw DB-API cursor. When the ``UPDATE`` matches no row (another process appended, or someone
+still exactly the row this process wrote), one ``INSERT`` of the record (and, for a stream, one
+``DELETE`` of its write-ahead row in ``audit_open``, so the two never disagree after a crash),
+one ``COMMIT``, through a raw DB-API cursor. When the ``UPDATE`` matches no row (another process appended, or someone
 changed the checkpoint) or the ``INSERT`` collides (a record already holds that seq), the
 transaction is rolled back, the remembered head is forgotten and :class:`~ferryman.audit.chain.Chain`
 takes its full path (lock, read and check the head, append), which remembers the head again.
@@ -63,6 +64,7 @@ class HeadWriter:
             f"signature = {mark} WHERE kind = 'head' AND seq = {mark} AND hash = {mark} AND count = {mark} "
             f"AND signature = {mark}"
         )
+        self._close = f"DELETE FROM audit_open WHERE id = {mark}"
         self._conn: Any = None
         self._busy_ms = -1
         self.unchecked = 0  # appends since the last WAL checkpoint, on the writer's own connection
@@ -73,10 +75,13 @@ class HeadWriter:
     def checkpoint_due(self) -> bool:
         return self.sqlite and self.unchecked >= CHECKPOINT_EVERY
 
-    def write(self, before: Head, after: Head, row: dict[str, Any], ts: float, *, wait: bool) -> bool:
+    def write(
+        self, before: Head, after: Head, row: dict[str, Any], ts: float, *, wait: bool, close: str | None = None
+    ) -> bool:
         """Move the head from ``before`` to ``after`` and insert ``row`` (the normalised record,
-        seq included), chained on ``before``, in one transaction. False when that cannot be done
-        this way (the caller falls back); the held :attr:`lock` is the caller's."""
+        seq included), chained on ``before``, in one transaction; ``close``: the id of the
+        write-ahead row (``audit_open``) deleted in it. False when that cannot be done this way
+        (the caller falls back); the held :attr:`lock` is the caller's."""
         params = [row[name] if p is None else p(row[name]) for name, p in self._columns]
         params += (before.hash, after.hash)
         moved = (ts, after.seq, after.hash, after.count, after.signature)
@@ -92,6 +97,8 @@ class HeadWriter:
                     self.head = None
                     return False
                 cursor.execute(self._insert, params)
+                if close is not None:
+                    cursor.execute(self._close, (close,))
                 conn.commit()
             finally:
                 cursor.close()

@@ -6,6 +6,10 @@ stored reassembled, as one JSON object (the chat message built from its deltas, 
 API's final ``response`` object), because personal data split over many token-sized deltas
 would slip past redaction of the raw events. Every stored body is capped at
 :data:`MAX_BODY_CHARS` characters, with a note saying so.
+
+The stream recorder also counts what a stream delivered (events carrying output, their
+characters, the reply's model and tier) whatever ``audit.bodies`` says: a stream cut by a crash
+is recorded from those counts (:mod:`ferryman.audit.inflight`), since no body was kept for it.
 """
 
 from __future__ import annotations
@@ -88,7 +92,8 @@ def usage_in(value: Any) -> dict[str, Any] | None:
 
 
 class StreamRecorder:
-    """Watches a stream's events: first-event time, usage, errors, and the reassembled reply."""
+    """Watches a stream's events: first-event time, usage, errors, what was delivered (counted),
+    and the reassembled reply."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -100,6 +105,14 @@ class StreamRecorder:
         self.error: str | None = None
         self.kept_chars = 0
         self.truncated = False
+        # What was delivered, counted (an estimate's inputs when no usage comes): events carrying
+        # output (text, refusals, tool arguments), its characters, the data of events of no shape
+        # known here; and the model and service tier the reply names.
+        self.content_events = 0
+        self.content_chars = 0
+        self.other_chars = 0
+        self.model: str | None = None
+        self.service_tier: str | None = None
         self._meta: dict[str, Any] = {}
         self._meta_missing = ["id", "object", "created", "model", "system_fingerprint", "service_tier"]
         self._choices: dict[int, dict[str, Any]] = {}
@@ -121,18 +134,26 @@ class StreamRecorder:
         except orjson.JSONDecodeError:
             value = None
         if isinstance(value, dict):
-            self._feed(value)
-        elif self.keep_body:
-            self._keep(self._text, data)
+            before = self.content_chars
+            self._feed(value, len(data))
+            if self.content_chars > before:
+                self.content_events += 1
+        else:
+            self.other_chars += len(data)
+            if self.keep_body:
+                self._keep(self._text, data)
         return event.raw
 
-    def _feed(self, value: dict[str, Any]) -> None:
+    def _feed(self, value: dict[str, Any], size: int) -> None:
         get = value.get
         usage = get("usage")
+        response = get("response")
         if isinstance(usage, dict):
             self.usage = usage
-        elif "response" in value:
+        elif response is not None:
             self.usage = usage_in(value) or self.usage
+        if self.model is None:
+            self._names(response if isinstance(response, dict) else value)
         kind = get("type")
         error = get("error")
         if kind == "error":
@@ -144,64 +165,98 @@ class StreamRecorder:
             self.error = error_text(f"stream error {code}: {error.get('message')}", self.mode)
         if kind in TERMINAL_EVENTS:
             self.finished = True
-        if not self.keep_body:
-            return
         choices = get("choices")
         if isinstance(choices, list):
             self._chat(value, choices)
         elif isinstance(kind, str) and kind.startswith("response."):
-            if isinstance(get("response"), dict):
-                self._response = value["response"]
-            if kind == "response.output_text.delta" and isinstance(get("delta"), str):
-                self._keep(self._text, value["delta"])
+            if self.keep_body and isinstance(response, dict):
+                self._response = response
+            delta = get("delta")
+            if kind.endswith(".delta") and isinstance(delta, str):  # output text, refusal, arguments…
+                self._content(delta, self._text if kind == "response.output_text.delta" else None)
         elif error is None:
-            self._keep(self._text, orjson.dumps(value).decode())
+            self.other_chars += size
+            if self.keep_body:
+                self._keep(self._text, orjson.dumps(value).decode())
+
+    def _names(self, value: dict[str, Any]) -> None:
+        model, tier = value.get("model"), value.get("service_tier")
+        if isinstance(model, str):
+            self.model = model
+        if isinstance(tier, str):
+            self.service_tier = tier
 
     def _chat(self, chunk: dict[str, Any], choices: list[Any]) -> None:
-        meta = self._meta
-        if self._meta_missing:
-            for name in list(self._meta_missing):
-                if chunk.get(name) is not None:
-                    meta[name] = chunk[name]
-                    self._meta_missing.remove(name)
-        meta["object"] = "chat.completion"  # reassembled from chat.completion.chunk events
+        keep = self.keep_body
+        if keep:
+            meta = self._meta
+            if self._meta_missing:
+                for name in list(self._meta_missing):
+                    if chunk.get(name) is not None:
+                        meta[name] = chunk[name]
+                        self._meta_missing.remove(name)
+            meta["object"] = "chat.completion"  # reassembled from chat.completion.chunk events
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
             get = choice.get
-            index = get("index", 0)
-            into = self._choices.get(index)
-            if into is None:
-                into = self._choices[index] = {"index": index, "content": [], "refusal": [], "tools": {}}
-            finish = get("finish_reason")
-            if finish:
-                into["finish_reason"] = finish
+            into: dict[str, Any] | None = None
+            if keep:
+                index = get("index", 0)
+                into = self._choices.get(index)
+                if into is None:
+                    into = self._choices[index] = {"index": index, "content": [], "refusal": [], "tools": {}}
+                finish = get("finish_reason")
+                if finish:
+                    into["finish_reason"] = finish
             text = get("text")
             if isinstance(text, str):  # legacy completions
-                self._keep(into["content"], text)
+                self._content(text, into["content"] if into is not None else None)
             delta = get("delta")
             if not isinstance(delta, dict):
                 continue
-            if delta.get("role"):
+            if into is not None and delta.get("role"):
                 into["role"] = delta["role"]
             content = delta.get("content")
             if isinstance(content, str):
-                self._keep(into["content"], content)
+                self._content(content, into["content"] if into is not None else None)
             refusal = delta.get("refusal")
             if isinstance(refusal, str):
-                self._keep(into["refusal"], refusal)
+                self._content(refusal, into["refusal"] if into is not None else None)
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict):
-                    self._tool_call(into["tools"], call)
+                    self._tool_call(into["tools"] if into is not None else None, call)
 
-    def _tool_call(self, tools: dict[int, dict[str, Any]], call: dict[str, Any]) -> None:
+    def _tool_call(self, tools: dict[int, dict[str, Any]] | None, call: dict[str, Any]) -> None:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if tools is None:  # counted only
+            if isinstance(arguments, str):
+                self._content(arguments, None)
+            return
         slot = tools.setdefault(call.get("index", len(tools)), {"id": None, "type": "function", "name": "", "args": []})
         slot["id"] = call.get("id") or slot["id"]
-        function = call.get("function") or {}
         if isinstance(function.get("name"), str):
             slot["name"] += function["name"]
-        if isinstance(function.get("arguments"), str):
-            self._keep(slot["args"], function["arguments"])
+        if isinstance(arguments, str):
+            self._content(arguments, slot["args"])
+
+    def _content(self, piece: str, into: list[str] | None) -> None:
+        """Output delivered: counted, and kept in ``into`` (when bodies are kept)."""
+        self.content_chars += len(piece)
+        if into is not None and self.keep_body:
+            self._keep(into, piece)
+
+    def progress(self) -> dict[str, Any]:
+        """What the stream has delivered so far, counted (for its write-ahead record)."""
+        return {
+            "content_events": self.content_events,
+            "content_chars": self.content_chars,
+            "other_chars": self.other_chars,
+            "usage": self.usage,
+            "model": self.model,
+            "service_tier": self.service_tier,
+        }
 
     def _keep(self, into: list[str], piece: str) -> None:
         if self.kept_chars + len(piece) > MAX_BODY_CHARS:

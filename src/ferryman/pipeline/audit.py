@@ -1,4 +1,5 @@
-"""The audit stage: one append-only, redacted, hash-chained record per call.
+"""The audit stage: one append-only, redacted, hash-chained record per call, a stream's
+included even when its gateway dies while delivering it.
 
 The record is written when the call is over: for a plain reply before it is returned, for a
 stream when its last event has gone out (or it broke, or the caller left early), so the inner
@@ -6,14 +7,29 @@ stages (account, cache) have settled usage and cost by then. Refusals by inner s
 replies like any other; a transport error raised from inside is recorded with status 599 and
 re-raised. Rendering and redacting bodies, hashing and the insert take tens of µs for a small
 record on SQLite and run on the loop then; large bodies, PostgreSQL and a busy database go to
-the store's threads. See :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record`
-for the bodies.
+the store's threads.
+
+Written at its end, a stream's record would be lost with a gateway killed mid-stream, though
+the caller got part of the reply and the upstream bills it. So a stream is written ahead
+(:mod:`ferryman.audit.inflight`): when its reply arrives, a row in ``audit_open`` holds the
+record's fields known by then (the request body rendered once, for both), written at once on
+SQLite when the database is free, else on a store thread while the upstream's first chunk is
+awaited; no chunk reaches the caller before the row is in. Its progress (bytes, events, output
+counted) is written about once a second, and the stream's record deletes the row in its own
+transaction. A row left by a gateway that died becomes an ``interrupted`` record with estimated
+usage and cost (:mod:`ferryman.audit.recovery`) when a pipeline is built again
+(:meth:`Audit.from_settings` recovers once, before any call: a restarted gateway or SDK client
+closes its predecessor's rows) or, from any instance, once the row's lease has run out. A
+write-ahead row that cannot be written is logged and the stream goes on, as with a record.
+
+See :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record` for the bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -26,6 +42,7 @@ import orjson
 from ferryman import redact
 from ferryman._loop import abandoned
 from ferryman.audit.chain import Appended, Chain
+from ferryman.audit.inflight import LEASE_S, InFlight, Tracker
 from ferryman.audit.keys import load_key
 from ferryman.audit.record import (
     MAX_PARSE_BYTES,
@@ -36,13 +53,15 @@ from ferryman.audit.record import (
     reply_error,
     usage_in,
 )
+from ferryman.audit.recovery import this_process
 from ferryman.errors import OpenAIError
 from ferryman.exchange import Exchange, Reply
-from ferryman.pipeline.account import FINISH_NOTE, parsed_reply
+from ferryman.pipeline.account import FINISH_NOTE, PRICED, parsed_reply
 from ferryman.pipeline.chain import Handler
-from ferryman.pricing import TokenCounts
+from ferryman.pricing import PriceTable, TokenCounts
 from ferryman.sse import tap
 from ferryman.store import Store
+from ferryman.tokens import count_request_prompt_tokens, endpoint_route
 
 log = logging.getLogger("ferryman.audit")
 
@@ -66,13 +85,31 @@ class _Call:
     error: str | None = None
     done: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
+    # A stream's write-ahead row (None for a plain reply), and its write while under way.
+    tracker: Tracker | None = None
+    opening: asyncio.Task[bool] | None = None
+    request_body: str | None = None
+    rendered: bool = False  # request_body holds the request body as recorded (rendered for the row)
+    known: dict[str, Any] | None = None  # _known_fields, once worked out
 
 
 class Audit:
-    def __init__(self, store: Store, chain: Chain, bodies: str = "redacted") -> None:
+    def __init__(
+        self,
+        store: Store,
+        chain: Chain,
+        bodies: str = "redacted",
+        *,
+        prices: PriceTable | None = None,
+        instance: str | None = None,
+        lease_s: float = LEASE_S,
+    ) -> None:
+        """``instance``: a name that stays the same when this gateway restarts (its rows left by a
+        crash are then closed as it starts, wherever it runs); default ``hostname:pid``."""
         self.store = store
         self.chain = chain
         self.bodies = bodies
+        self.inflight = InFlight(store, chain, this_process(instance), prices or PriceTable.default(), lease_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned = False
         self._checkpointing = False
@@ -89,7 +126,23 @@ class Audit:
                 "this database do not have; set audit.checkpoint_key to one secret reference on every host",
                 key.source,
             )
-        return cls(store, Chain(store.engine, key), settings.audit.bodies)
+        prices = PriceTable.for_settings(settings)
+        chain = Chain(store.engine, key)
+        stage = cls(store, chain, settings.audit.bodies, prices=prices, instance=parts.get("instance"))
+        stage.recover(startup=True)
+        return stage
+
+    def recover(self, startup: bool = False) -> int:
+        """Record the streams whose gateway died mid-stream as interrupted (blocking: once at the
+        start, before any call); errors are logged, never raised."""
+        try:
+            return self.inflight.recover(startup=startup)
+        except Exception as exc:
+            log.error(
+                "audit: the write-ahead records of streams cut by a crash could not be closed: %s",
+                redact.secrets(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300],
+            )
+            return 0
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
         call = _Call(exchange, time.time())
@@ -116,9 +169,17 @@ class Audit:
             await self._write(call)
             return reply
         call.stream = StreamRecorder(self.bodies)
+        loop = asyncio.get_running_loop()
+        # The write-ahead row: at once on SQLite when quick, else while the upstream's first
+        # chunk is awaited (see _watch).
+        prompt = None if exchange.prompt_tokens is not None else functools.partial(_prompt_tokens, exchange)
+        call.tracker = tracker = self.inflight.track(call.stream, exchange.started, prompt)
+        record = functools.partial(self._ahead_record, call)
+        quick = self.store.is_sqlite and len(exchange.received) <= INLINE_BODY_BYTES
+        if not (quick and self.inflight.open_now(tracker, call.ts, record)):
+            call.opening = loop.create_task(self.inflight.open(tracker, call.ts, record))
         source = reply.stream
         reply.stream = self._watch(call, source)
-        loop = asyncio.get_running_loop()
 
         def closed() -> None:
             """The reply is done with: record a stream that was never read to its end."""
@@ -142,13 +203,18 @@ class Audit:
         assert call.stream is not None
         tapped = tap(source, call.stream.on_event)
         outcome: str | None = "stream abandoned by the caller"
+        tracker = call.tracker
         try:
             async for chunk in tapped:
+                if call.opening is not None:  # no byte reaches the caller before the write-ahead row
+                    await _opened(call)
                 if call.stream.finished and not call.done:
                     # This chunk holds the stream's last event: the record is written before the
                     # caller can see it, so every stream a caller received whole has its record
                     # (even if the process dies right after).
                     await self._record_end(call)
+                if tracker is not None:
+                    self.inflight.delivered(tracker, len(chunk))
                 yield chunk
             outcome = None
         except GeneratorExit:
@@ -200,21 +266,20 @@ class Audit:
     async def _write(self, call: _Call) -> None:
         call.done = True
         ex = call.exchange
+        cancelled = False
+        if call.opening is not None:  # the row must be in before the record that deletes it
+            try:
+                await _opened(call)
+            except asyncio.CancelledError:  # the record is still written; the row is deleted once in
+                cancelled = True
+                if call.tracker is not None:
+                    call.tracker.orphan = True
         ttft = (call.stream.first_at or ex.first_byte_at) if call.stream is not None else None
         call.fields = {
-            "ts": call.ts,
-            "request_id": _cut(ex.request_id, 64),
-            "principal": _cut(ex.principal.id, 128) or "unknown",
-            "upstream": _cut(getattr(ex.deployment, "name", None), 128),
-            "model": _cut(ex.model, 128),
-            "endpoint": _cut(ex.path, 128) or "/",
-            "status": call.status,
-            "attempts": ex.attempts or (1 if ex.deployment is not None else 0),
+            **_known_fields(call),
             "latency_ms": ex.elapsed_ms,
             "ttft_ms": (ttft - ex.started) * 1000 if ttft is not None else None,
             "cost_usd": ex.cost_usd if ex.cost_usd is not None else Decimal(0),
-            "cache": ex.cache,
-            "tags": {k: redact.secrets(v) for k, v in ex.tags.items()},
             "error": call.error or (error_text(ex.error, self.bodies) if ex.error else None),
         }
         usage = ex.usage or (call.stream.usage if call.stream is not None else None)
@@ -228,6 +293,11 @@ class Audit:
                 redact.secrets(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300],
             )
             return
+        finally:
+            if call.tracker is not None:
+                self.inflight.done(call.tracker)
+            if cancelled:
+                raise asyncio.CancelledError
         if not appended.anchored and not self._warned:
             self._warned = True
             log.warning(
@@ -244,9 +314,10 @@ class Audit:
         if not self.store.is_sqlite or _body_size(call) > INLINE_BODY_BYTES:
             return await self.store.run(self._render_and_append, call, usage)
         fields = self._render(call, usage)
-        appended = chain.try_append(fields)
+        close = _open_row(call)
+        appended = chain.try_append(fields, close)
         if appended is None:
-            return await self.store.run(chain.append, fields)
+            return await self.store.run(chain.append, fields, close)
         if chain.wal_checkpoint_due and not self._checkpointing:
             self._checkpointing = True
             self._spawn(self._checkpoint_wal())
@@ -262,7 +333,33 @@ class Audit:
 
     def _render_and_append(self, call: _Call, usage: dict[str, Any] | None) -> Appended:
         """On a store thread: render the record, then append it."""
-        return self.chain.append(self._render(call, usage))
+        return self.chain.append(self._render(call, usage), _open_row(call))
+
+    def _ahead_record(self, call: _Call) -> dict[str, Any]:
+        """What a stream's write-ahead row keeps to make its record from, should the gateway die
+        (:func:`ferryman.audit.recovery.interrupted_record`): the fields known now, the request
+        body rendered as the record has it (kept for the record too), and what pricing an
+        estimate needs. On the loop for a small body on SQLite, else on a store thread."""
+        ex = call.exchange
+        call.request_body, call.rendered = self._request_body(ex), True
+        tier = ex.json.get("service_tier") if isinstance(ex.json, dict) else None
+        route = endpoint_route(ex.path) if ex.method == "POST" else None
+        priced = route in PRICED and call.status < 400 and ex.cache != "hit" and not ex.notes.get("cache_hit")
+        return {
+            "fields": {**_known_fields(call), "request_body": call.request_body},
+            "prompt_tokens": ex.prompt_tokens,  # else counted with the first progress update
+            "service_tier": tier if isinstance(tier, str) else None,
+            "priced": priced,
+            "bodies": self.bodies,
+        }
+
+    def _request_body(self, ex: Exchange) -> str | None:
+        """The body as the caller sent it (read by then; inner stages may rewrite ex.body)."""
+        mode = self.bodies
+        if ex.upload is not None:  # a spooled upload: its form's text fields and its size, not its bytes
+            upload = {**ex.json, "bytes": ex.upload.size} if isinstance(ex.json, dict) else {"bytes": ex.upload.size}
+            return render_json(upload, mode)
+        return render_body(ex.received, ex.headers.get("content-type", ""), mode)
 
     def _render(self, call: _Call, usage: dict[str, Any] | None) -> dict[str, Any]:
         """Parse, redact and render the bodies into the record's fields."""
@@ -279,12 +376,7 @@ class Audit:
         counts = TokenCounts.from_usage(usage)
         fields = call.fields
         fields["error"] = fields["error"] or reply_error(call.status, value, mode)
-        ex = call.exchange  # the body as the caller sent it (read by then; inner stages may rewrite ex.body)
-        if ex.upload is not None:  # a spooled upload: its form's text fields and its size, not its bytes
-            upload = {**ex.json, "bytes": ex.upload.size} if isinstance(ex.json, dict) else {"bytes": ex.upload.size}
-            fields["request_body"] = render_json(upload, mode)
-        else:
-            fields["request_body"] = render_body(ex.received, ex.headers.get("content-type", ""), mode)
+        fields["request_body"] = call.request_body if call.rendered else self._request_body(call.exchange)
         if call.stream is not None:
             fields["response_body"] = render_json(call.stream.body(call.completed), mode)
         elif value is not None:
@@ -298,6 +390,49 @@ class Audit:
             reasoning_tokens=counts.reasoning,
         )
         return fields
+
+
+def _prompt_tokens(exchange: Exchange) -> int:
+    """The prompt's tokens (on a store thread), for an interrupted stream's estimate."""
+    if exchange.prompt_tokens is not None:  # counted by now (the account stage, at a stream's end)
+        return exchange.prompt_tokens
+    return count_request_prompt_tokens(exchange.path, exchange.json) if isinstance(exchange.json, dict) else 0
+
+
+def _known_fields(call: _Call) -> dict[str, Any]:
+    """The record's fields known once the reply has come (its status and headers): settled by
+    then (routing, retries and the cache are done), so worked out once for a stream's row and
+    its record."""
+    if call.known is not None:
+        return call.known
+    ex = call.exchange
+    call.known = {
+        "ts": call.ts,
+        "request_id": _cut(ex.request_id, 64),
+        "principal": _cut(ex.principal.id, 128) or "unknown",
+        "upstream": _cut(getattr(ex.deployment, "name", None), 128),
+        "model": _cut(ex.model, 128),
+        "endpoint": _cut(ex.path, 128) or "/",
+        "status": call.status,
+        "attempts": ex.attempts or (1 if ex.deployment is not None else 0),
+        "cache": ex.cache,
+        "tags": {k: redact.secrets(v) for k, v in ex.tags.items()},
+    }
+    return call.known
+
+
+async def _opened(call: _Call) -> None:
+    """Wait for the stream's write-ahead row (its write goes on if this wait is cancelled)."""
+    opening = call.opening
+    if opening is not None:
+        await asyncio.shield(opening)
+        call.opening = None
+
+
+def _open_row(call: _Call) -> str | None:
+    """The id of the write-ahead row the call's record deletes, if it has one."""
+    tracker = call.tracker
+    return tracker.id if tracker is not None and tracker.written else None
 
 
 def _body_size(call: _Call) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,16 @@ def _private_sqlite_file(url: str) -> None:
 
 # The key of the PostgreSQL advisory lock migrations hold (any constant; this one spells "ferryman").
 MIGRATION_LOCK = 0x66657272796D616E
+
+
+def schema_head() -> str:
+    """The newest migration's revision: what ``alembic_version`` holds after :func:`migrate`."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return str(ScriptDirectory.from_config(config).get_current_head())
 
 
 def migrate(engine: Engine) -> None:
@@ -143,6 +154,21 @@ class Store:
 
                 self._redis = aioredis.from_url(self.redis_url)
             return self._redis
+
+    def disk_free(self) -> int | None:
+        """The bytes free beside an SQLite database file (None for a server database or an
+        in-memory one): a full disk refuses writes while reads still work."""
+        if not self.is_sqlite:
+            return None
+        database = self.engine.url.database
+        if not database or database.startswith((":memory:", "file:")):
+            return None
+        folder = Path(database).parent
+        try:
+            stat = os.statvfs(folder)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

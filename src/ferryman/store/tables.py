@@ -65,6 +65,27 @@ audit_checkpoints = Table(
     Column("signature", String(128), nullable=False),
 )
 
+# The write-ahead records of streams being delivered now, one row each (see audit/inflight.py):
+# written before a stream's first byte reaches its caller, its progress kept up to date, deleted
+# in the transaction that appends the stream's chain record. Mutable and outside the chain: a
+# row whose owner died is closed into an ``interrupted`` chain record by the next instance to
+# find it (its lease ran out, or its process is known to be gone).
+audit_open = Table(
+    "audit_open",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("instance", String(256), nullable=False),  # the owner: hostname:pid, or the name it was given
+    Column("process", String(128)),  # host key:pid:start time, where the owner's liveness can be checked
+    Column("started", Float, nullable=False),  # unix seconds
+    Column("updated", Float, nullable=False),  # the progress below was counted then
+    Column("lease_until", Float, nullable=False),  # renewed by the owner while it lives
+    Column("record", JSON, nullable=False),  # the chain record's fields known at the start, bodies rendered
+    Column("bytes", BigInteger, nullable=False),  # forwarded to the caller so far
+    Column("events", Integer, nullable=False),
+    Column("progress", JSON),  # content counted, usage and model seen so far
+)
+Index("audit_open_lease", audit_open.c.lease_until)
+
 # Spend per budget scope and period window; reserved is held by calls in flight.
 budget_counters = Table(
     "budget_counters",
