@@ -77,6 +77,13 @@ class BudgetRule(BaseModel):
     usd: Decimal = Field(gt=0)
 
 
+class BudgetSettings(BaseModel):
+    """How budget reservations outlive a crash: each is leased to its instance, which renews it
+    while it lives; one whose lease runs out (the instance was killed) is released by any other."""
+
+    lease_s: float = Field(60.0, gt=0, le=3600)
+
+
 class AuditSettings(BaseModel):
     enabled: bool = True
     bodies: Literal["none", "redacted", "full"] = "redacted"
@@ -137,6 +144,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     budgets: list[BudgetRule] = Field(default_factory=list)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)

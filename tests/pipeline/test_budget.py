@@ -24,7 +24,8 @@ from ferryman import pricing
 from ferryman.config import BudgetRule
 from ferryman.exchange import Exchange, Principal, Reply
 from ferryman.pipeline.budget import Budget, check_scope, scope_of, window_of
-from ferryman.pipeline.budget_stores import RedisBudgetStore, SQLBudgetStore, reservation
+from ferryman.pipeline.budget_redis import RedisBudgetStore
+from ferryman.pipeline.budget_stores import SQLBudgetStore, reservation
 from ferryman.pricing import PriceTable
 from ferryman.store import open_store
 from ferryman.tokens import count_request_prompt_tokens
@@ -201,13 +202,13 @@ async def test_a_reservation_landing_after_cancellation_is_undone():
             self.started, self.gate, self.released = asyncio.Event(), asyncio.Event(), asyncio.Event()
             self.held = Decimal(0)
 
-        async def reserve(self, counters: Any, amount: Decimal) -> None:
+        async def reserve(self, hold: Any) -> None:
             self.started.set()
             await self.gate.wait()
-            self.held += amount
+            self.held += hold.amount
 
-        async def settle(self, counters: Any, reserved: Decimal, spent: Decimal) -> None:
-            self.held -= reserved
+        async def settle(self, hold: Any, spent: Decimal) -> None:
+            self.held -= hold.amount
             self.released.set()
 
     store = SlowStore()
@@ -391,7 +392,7 @@ async def test_two_processes_share_one_budget(
         audit={"enabled": False},  # this test is about budgets; keep the shared database to them
     )
     store = open_store(settings)  # migrated once, before the workers start
-    counters = RedisBudgetStore(store.redis(), store.redis_prefix + "budget:") if with_redis else SQLBudgetStore(store)
+    counters = RedisBudgetStore(store) if with_redis else SQLBudgetStore(store)
     scope, window = f"tag:run={run}", window_of("day", datetime.now(UTC).timestamp())[0]
     config = {
         "settings": json.loads(settings.model_dump_json()),

@@ -27,15 +27,23 @@ releases the whole reservation. A model without a price reserves 0 (the call goe
 a warning is logged once per model), since refusing every call to a new model would be worse;
 its cost, if it later turns out to have one, is still settled.
 
-Counters live in Redis when the store has it, else in the database (see budget_stores).
+Counters live in the database, with Redis in front when the store has it (see budget_stores and
+budget_redis). Each reservation is leased to this instance (``budget.lease_s``, default 60 s)
+and renewed while calls are in flight, up to the call's deadline (the retry deadline plus the
+slowest deployment's timeout); when a reservation is refused, expired leases (of instances that
+died) are released first and the reservation is tried once more, so a crashed instance's calls
+stop blocking a key within the lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,6 +55,7 @@ from ferryman.pipeline.budget_stores import (
     ZERO,
     BudgetStore,
     Counter,
+    Hold,
     Refusal,
     budget_store,
     reservation,
@@ -107,6 +116,9 @@ class Budget:
         prices: PriceTable,
         aliases: dict[str, list[str]] | None = None,
         clock: Callable[[], float] = time.time,
+        lease_s: float = 60.0,
+        deadline_s: float = 900.0,
+        instance: str | None = None,
     ) -> None:
         for rule in rules:
             check_scope(rule.scope)
@@ -115,8 +127,13 @@ class Budget:
         self.prices = prices
         self.aliases = aliases or {}
         self.clock = clock
+        self.lease_s = lease_s
+        self.deadline_s = max(deadline_s, lease_s)
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pending: set[asyncio.Future[Any]] = set()
         self._unpriced: set[str] = set()
+        self._held = 0  # reservations of this instance in flight
+        self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Budget | None:
@@ -127,6 +144,8 @@ class Budget:
             budget_store(parts["store"]),
             PriceTable.for_settings(settings),
             aliases=dict(settings.routing.aliases),
+            lease_s=settings.budget.lease_s,
+            deadline_s=settings.retry.deadline_s + max((d.timeout_s for d in settings.deployments), default=600.0),
         )
 
     # -- what applies, and the worst case -----------------------------------------------------
@@ -192,10 +211,14 @@ class Budget:
         if not counters:
             return await call_next(exchange)
         amount = self.worst_case(exchange)
-        refusal = await self._reserve(counters, amount)
+        now = self.clock()
+        held = Hold(uuid.uuid4().hex, self.instance, amount, counters, now + self.lease_s, now + self.deadline_s, now)
+        refusal = await self._reserve(held)
+        if refusal is not None and await self.reap():  # leases of dead instances ran out: try again
+            refusal = await self._reserve(held)
         if refusal is not None:
             return self.refuse(exchange, refusal, amount)
-        hold = _Hold(self, exchange, counters, amount)
+        hold = _Hold(self, exchange, held)
         exchange.notes["budget"] = {"reserved_usd": amount, "counters": [(c.scope, c.window) for c in counters]}
         try:
             reply = await call_next(exchange)
@@ -209,19 +232,68 @@ class Budget:
         reply.on_close.append(hold.at_end)
         return reply
 
-    async def _reserve(self, counters: list[Counter], amount: Decimal) -> Refusal | None:
+    async def _reserve(self, hold: Hold) -> Refusal | None:
         """Reserve; if the caller is cancelled meanwhile, the reservation that still lands is undone."""
-        reserving = asyncio.ensure_future(self.store.reserve(counters, amount))
+        reserving = asyncio.ensure_future(self.store.reserve(hold))
 
         def undo(task: asyncio.Future[Refusal | None]) -> None:
             if not task.cancelled() and task.exception() is None and task.result() is None:
-                self._spawn(self.store.settle(counters, amount, ZERO))
+                self._spawn(self.store.settle(hold, ZERO))
 
         try:
-            return await asyncio.shield(reserving)
+            refusal = await asyncio.shield(reserving)
         except asyncio.CancelledError:
             reserving.add_done_callback(undo)
             raise
+        if refusal is None:
+            self._opened()
+        return refusal
+
+    # -- leases --------------------------------------------------------------------------------------
+
+    async def reap(self) -> int:
+        """Release reservations whose lease ran out (their instance died); how many were."""
+        try:
+            released = await self.store.reap(self.clock())
+        except Exception:
+            log.exception("budget: could not release expired reservations")
+            return 0
+        if released:
+            log.warning(
+                "budget: released %d reservation(s) whose lease ran out ($%s in all; their instance "
+                "stopped without settling them)",
+                len(released),
+                _usd(sum((r.amount for r in released), ZERO)),
+            )
+        return len(released)
+
+    def _opened(self) -> None:
+        self._held += 1
+        keeper = self._keeper
+        if keeper is None or keeper.done():
+            self._keeper = asyncio.ensure_future(self._keep_leases())
+
+    def _closed(self) -> None:
+        self._held = max(0, self._held - 1)
+        keeper = self._keeper
+        if self._held == 0 and keeper is not None and not keeper.done():
+            try:
+                here = asyncio.get_running_loop() is keeper.get_loop()
+            except RuntimeError:
+                here = False
+            if here:  # nothing left to renew: no task left pending when the loop closes
+                keeper.cancel()
+
+    async def _keep_leases(self) -> None:
+        """While this instance holds reservations, renew their leases (a third of a lease apart)
+        and release other instances' expired ones."""
+        while self._held:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.store.renew(self.instance, self.clock(), self.lease_s)
+            except Exception:  # the store is down: the leases may run out; calls settle late if so
+                log.warning("budget: could not renew reservation leases", exc_info=True)
+            await self.reap()
 
     def refuse(self, exchange: Exchange, refusal: Refusal, amount: Decimal) -> Reply:
         c = refusal.counter
@@ -249,6 +321,10 @@ class Budget:
         await asyncio.sleep(0)  # let settlements handed over from other threads start
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        keeper = self._keeper
+        if keeper is not None and not self._held and not keeper.done():
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def snapshot(self, scope: str, period: str = "day") -> tuple[Decimal, Decimal]:
         """``(spent, reserved)`` of a counter in the current window (for tests and the admin API)."""
@@ -258,11 +334,11 @@ class Budget:
 class _Hold:
     """One call's reservation: settled or released exactly once."""
 
-    def __init__(self, budget: Budget, exchange: Exchange, counters: list[Counter], amount: Decimal) -> None:
+    def __init__(self, budget: Budget, exchange: Exchange, hold: Hold) -> None:
         self.budget = budget
         self.exchange = exchange
-        self.counters = counters
-        self.amount = amount
+        self.hold = hold
+        self.amount = hold.amount
         self.loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._done = False
@@ -291,9 +367,15 @@ class _Hold:
 
     async def _write(self, cost: Decimal | None) -> None:
         try:
-            await self.budget.store.settle(self.counters, self.amount, cost if cost is not None else ZERO)
-        except Exception:
-            log.exception("budget: could not settle %s on %s", self.amount, [c.scope for c in self.counters])
+            await self.budget.store.settle(self.hold, cost if cost is not None else ZERO)
+        except Exception:  # its lease runs out and a reaper releases it; the cost is lost
+            log.exception(
+                "budget: could not settle %s on %s; the reservation is released when its lease runs out",
+                self.amount,
+                [c.scope for c in self.hold.counters],
+            )
+        finally:
+            self.budget._closed()
 
     def at_end(self, completed: bool = True) -> None:
         """The stream ended or was closed (maybe on another thread): settle on the call's loop."""

@@ -97,6 +97,31 @@ budget_counters = Table(
     Column("updated", Float, nullable=False),
 )
 
+# The reservations behind ``reserved_usd``: one per call in flight, with the instance holding it
+# and a lease that instance renews while it lives (see pipeline/budget_stores.py). A lease that
+# runs out (its instance crashed) is released by whichever instance finds it.
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("instance", String(256), nullable=False),
+    Column("amount_usd", USD, nullable=False),
+    Column("lease_until", Float, nullable=False),  # unix seconds; renewed up to the deadline
+    Column("deadline", Float, nullable=False),  # the call cannot outlive this
+    Column("created", Float, nullable=False),
+)
+Index("budget_reservations_lease", budget_reservations.c.lease_until)
+
+# Which counters each reservation holds its amount on.
+budget_holds = Table(
+    "budget_holds",
+    metadata,
+    Column("reservation_id", String(32), primary_key=True),
+    Column("scope", String(256), primary_key=True),
+    Column("window", String(16), primary_key=True),
+)
+Index("budget_holds_counter", budget_holds.c.scope, budget_holds.c.window)
+
 # Cached replies (exact match on the normalised request).
 cache_entries = Table(
     "cache_entries",
