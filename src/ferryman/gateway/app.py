@@ -41,6 +41,7 @@ from ferryman.store import Store, open_store
 
 log = logging.getLogger("ferryman.gateway")
 UI = Path(__file__).parent / "ui"
+READY_MIN_FREE = 1024 * 1024  # bytes free beside an SQLite database below which /readyz says the disk is full
 
 GATEWAY_REGISTRY = CollectorRegistry(auto_describe=True)
 OPEN_STREAMS = Gauge(
@@ -148,6 +149,9 @@ class Gateway:
             checks["database"] = "ok"
         except Exception as error:
             checks["database"] = f"failing: {type(error).__name__}"
+        free = self.store.disk_free()
+        if free is not None:  # a full disk fails every write while reads (the ping) still work
+            checks["disk"] = "ok" if free >= READY_MIN_FREE else f"failing: disk full ({free // 1024} KiB free)"
         redis = self.store.redis()
         if redis is not None:
             try:
