@@ -12,9 +12,10 @@ What is asserted is the documented behaviour (README, "Failure modes"):
 - a write before the call fails closed: the admin API's key creation, and a capped key's budget
   reservation, answer 503 ``disk_full`` in OpenAI's error shape with ``retry-after: 1``, and the
   capped call never reaches the upstream;
-- a key with no budget writes nothing before its call, so its call goes through, and the audit
-  record due after it is logged as not written (not refused: a gap README lists under issue 11).
-  The record is missing for good: the admin API's request list never shows that call;
+- once an audit record could not be written for want of room (here: the capped key's refusals),
+  every call is refused with 503 ``disk_full`` before it goes upstream, a key with no budget's
+  too: nothing is sent that cannot be recorded. Each refusal tries to write its own record; the
+  first that lands (once there is room) lets the next call through;
 - ``/readyz`` answers 503 with ``checks.disk`` failing (the ping, a read, still works: the room
   left beside the database file is what tells);
 - once the filler is gone, the same calls work, without a restart.
@@ -124,12 +125,11 @@ def test_a_full_disk_under_the_store_is_503_disk_full_before_a_call_and_recovers
                     raise AssertionError("a capped key's call went through on a full disk")
             assert chat_paths(ferryman_mock, mark) == [], "a capped call reached the upstream"
 
-            # A key with no budget writes nothing before its call: it goes through, and the audit
-            # record due after it is logged as not written (today's documented behaviour).
-            through = chat(gateway, free)
-            assert through.status_code == 200, through.text
-            assert chat_paths(ferryman_mock, mark) == ["/v1/chat/completions"]
-            wait_for(lambda: "not written" in gateway.output(), "the gateway did not log the lost audit record")
+            # The refusals' own records could not be written: from now on every call is refused
+            # before it goes out, a key with no budget's too (nothing is sent that cannot be recorded).
+            wait_for(lambda: "new calls get 503 disk_full" in gateway.output(), "the lost audit record was not logged")
+            disk_full_reply(chat(gateway, free))
+            assert chat_paths(ferryman_mock, mark) == [], "a call went upstream that could not be recorded"
             assert "Traceback" not in gateway.output()
 
             # The ping (a read) still works; the room beside the database says what is wrong.
@@ -142,6 +142,8 @@ def test_a_full_disk_under_the_store_is_503_disk_full_before_a_call_and_recovers
             after = last_seq(ferryman_mock)
             made = gateway.admin.post("/admin/keys", json={"name": "after-room"})
             assert made.status_code == 201, made.text
+            # The first call finds the gate still shut; its refusal's record lands, and opens it.
+            disk_full_reply(chat(gateway, capped))
             assert chat(gateway, capped).status_code == 200
             assert chat(gateway, free).status_code == 200
             assert len(chat_paths(ferryman_mock, after)) == 2
@@ -149,11 +151,12 @@ def test_a_full_disk_under_the_store_is_503_disk_full_before_a_call_and_recovers
             ready = httpx2.get(gateway.url + "/readyz", timeout=10)
             assert ready.status_code == 200 and ready.json()["checks"]["disk"] == "ok", ready.text
 
-            # The call made while the disk was full has no audit record, then or later.
+            # The refusal made while the disk was full has no audit record, then or later.
             listed = gateway.admin.get("/admin/requests", params={"limit": 50})
             assert listed.status_code == 200, listed.text
             rows = [r for r in listed.json()["data"] if r.get("principal") == free_id]
             assert len(rows) == 2, rows  # the call before the disk filled and the one after, not the one between
+            assert all(r["status"] == 200 for r in rows), rows
             gateway.assert_no_secrets_logged()
         finally:
             gateway.stop()

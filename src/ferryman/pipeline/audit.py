@@ -22,6 +22,12 @@ usage and cost (:mod:`ferryman.audit.recovery`) when a pipeline is built again
 closes its predecessor's rows) or, from any instance, once the row's lease has run out. A
 write-ahead row that cannot be written is logged and the stream goes on, as with a record.
 
+A record that cannot be written for want of the store (a full disk, the database down) is
+logged, and the call it is for has gone through already; but from then on nothing more is sent
+that could not be recorded: every call is refused with the store's 503 (``disk_full``,
+``store_unavailable``, ``retry-after: 1``) and tries to write its refusal's record. The first of
+those that lands (the disk has room again) lets the next call through.
+
 See :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record` for the bodies.
 """
 
@@ -61,6 +67,7 @@ from ferryman.pipeline.chain import Handler
 from ferryman.pricing import PriceTable, TokenCounts
 from ferryman.sse import tap
 from ferryman.store import Store
+from ferryman.store.faults import infrastructure_failure
 from ferryman.tokens import count_request_prompt_tokens, endpoint_route
 
 log = logging.getLogger("ferryman.audit")
@@ -113,6 +120,9 @@ class Audit:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned = False
         self._checkpointing = False
+        # Set when a record could not be written for want of the store (a full disk, the database
+        # down): new calls are refused with it until a record is written again.
+        self._failing: OpenAIError | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **parts: Any) -> Audit | None:
@@ -146,6 +156,13 @@ class Audit:
 
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
         call = _Call(exchange, time.time())
+        failing = self._failing
+        if failing is not None:  # nothing goes upstream that cannot be recorded
+            call.status = failing.status
+            call.error = reply_error(failing.status, failing.body(), self.bodies)
+            exchange.error = failing.code
+            await self._write(call)  # the refusal's own record: when it lands, the next call goes on
+            return Reply.of_json(failing.status, failing.body(), dict(failing.headers))
         try:
             reply = await call_next(exchange)
         except asyncio.CancelledError:
@@ -286,18 +303,25 @@ class Audit:
         try:
             appended = await self._append(call, usage)
         except Exception as exc:  # the call itself went through: say so, loudly, and carry on
+            failing = infrastructure_failure(exc)
             log.error(
-                "audit record for %s %s not written: %s",
+                "audit record for %s %s not written: %s%s",
                 ex.method,
                 ex.path,
                 redact.secrets(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300],
+                f"; new calls get 503 {failing.code} until a record can be written" if failing is not None else "",
             )
+            if failing is not None:
+                self._failing = failing
             return
         finally:
             if call.tracker is not None:
                 self.inflight.done(call.tracker)
             if cancelled:
                 raise asyncio.CancelledError
+        if self._failing is not None:
+            self._failing = None
+            log.warning("audit records are written again; calls go through")
         if not appended.anchored and not self._warned:
             self._warned = True
             log.warning(
