@@ -5,9 +5,8 @@ fails closed (nothing reaches the upstream) and the log names the cause once, wi
 
 The full database is a real ``SQLITE_FULL``: every new connection of the gateway's engine gets a
 ``max_page_count`` at the file's current size, so writes soon have no room (shown through the
-admin API: a call's audit record is written once the call has gone through upstream, so a
-failure there is logged loudly rather than refused; recording before sending is issue 11's
-write-ahead audit, not built yet).
+admin API, whose writes come before it answers; a call's own record comes after the call, and
+what a failure there does, refusing the calls after it, is shown in test_full_disk.py).
 """
 
 from __future__ import annotations
