@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,15 @@ def _replies_conform_to_the_spec() -> Iterator[None]:
     yield
     violations = _recorder.take()
     assert not violations, "the mock sent bodies that break OpenAI's spec:\n" + "\n".join(violations[:20])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A gateway's store, on SQLite and on a fresh PostgreSQL database of its own."""
+    from tests.gateway.processes import fresh_postgres_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_url")) as url:
+        yield url

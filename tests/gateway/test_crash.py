@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 from sqlalchemy import select
 
 from ferryman.audit.chain import Chain, Report
@@ -35,7 +33,6 @@ from tests.gateway.processes import (
     CHECKPOINT_REF,
     CHECKPOINT_SECRET,
     GatewayProcess,
-    fresh_postgres_database,
     gateway_env,
     run_cli,
 )
@@ -64,15 +61,6 @@ class Load:
         streams = sum(1 for k in self.completed.values() if k == "stream")
         if len(self.completed) >= KILL_AFTER and streams >= STREAMS_BEFORE_KILL and self.streams_open > 0:
             self.enough.set()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
-        return
-    with fresh_postgres_database(request.getfixturevalue("postgres_url")) as url:
-        yield url
 
 
 async def _plain(client: openai.AsyncOpenAI, load: Load) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import Engine
 
 import ferryman
 from ferryman.config import Settings
@@ -22,6 +23,7 @@ from ferryman.mock.control_client import MockControl
 from ferryman.pipeline import build
 from ferryman.pipeline.chain import Pipeline
 from ferryman.store import open_store
+from ferryman.store.database import make_engine
 
 UPSTREAM_KEY = "sk-ferryman-upstream-test-key"
 
@@ -103,3 +105,11 @@ def ferryman_async_client(ferryman_settings: Callable[..., Settings]) -> Iterato
         store = getattr(getattr(transport, "pipeline", None), "store", None)
         if store is not None:
             store.close()
+
+
+@pytest.fixture
+def audit_db(ferryman_settings: Callable[..., Settings]) -> Iterator[Engine]:
+    """The engine of the SQLite file every ``ferryman_client`` of this test writes to."""
+    engine = make_engine(ferryman_settings().database_url())
+    yield engine
+    engine.dispose()

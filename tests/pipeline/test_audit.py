@@ -32,14 +32,6 @@ FAKE_KEY = "sk-proj-" + "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9n"
 PERSONAL = f"Write to {EMAIL} or call {PHONE}; card {CARD}; IBAN {IBAN}; my key is {FAKE_KEY}."
 
 
-@pytest.fixture
-def audit_db(ferryman_settings: Any) -> Iterator[Engine]:
-    """The engine of the SQLite file every ``ferryman_client`` of this test writes to."""
-    engine = make_engine(ferryman_settings().database_url())
-    yield engine
-    engine.dispose()
-
-
 def records(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(select(audit).order_by(audit.c.seq)).mappings()]

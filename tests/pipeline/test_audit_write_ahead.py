@@ -17,7 +17,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,15 @@ from ferryman.exchange import Exchange, Reply
 from ferryman.mock.control_client import MockControl
 from ferryman.pipeline.audit import Audit
 from ferryman.store.database import make_engine
-from ferryman.store.tables import audit, audit_open
+from ferryman.store.tables import audit_open
 from ferryman.tokens import count_request_prompt_tokens
-from tests.gateway.processes import GatewayProcess, fresh_postgres_database, gateway_env, start_gateway
-from tests.gateway.test_crash import audit_rows
+from tests.gateway.processes import GatewayProcess, gateway_env, start_gateway
+from tests.gateway.test_crash import (
+    audit_rows,
+)
 from tests.gateway.test_crash import verify as cli_verify
 from tests.pipeline.conftest import UPSTREAM_KEY
+from tests.pipeline.test_audit import records
 
 FAKE_KEY = "sk-proj-" + "Zx3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9q"
 EMAIL = "jane.doe@example.com"
@@ -60,18 +63,6 @@ def chunk(content: str) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
-
-
-@pytest.fixture
-def audit_db(ferryman_settings: Any) -> Iterator[Engine]:
-    engine = make_engine(ferryman_settings().database_url())
-    yield engine
-    engine.dispose()
-
-
-def records(engine: Engine) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(row) for row in conn.execute(select(audit).order_by(audit.c.seq)).mappings()]
 
 
 def open_rows(engine: Engine) -> list[dict[str, Any]]:
@@ -289,15 +280,6 @@ async def _stream_then_kill(gateway: GatewayProcess, key: str, engine: Engine) -
     finally:
         await client.close()
     return whole, cut
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
-        return
-    with fresh_postgres_database(request.getfixturevalue("postgres_url")) as url:
-        yield url
 
 
 def test_streams_cut_by_kill_9_are_recorded_as_interrupted_when_the_gateway_starts_again(
