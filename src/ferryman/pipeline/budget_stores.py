@@ -138,7 +138,7 @@ class SQLBudgetStore:
         return await self.store.run(self._reserve, hold)
 
     async def settle(self, hold: Hold, spent: Decimal) -> None:
-        await self.store.run(self._settle, hold, spent)
+        await self.settle_reporting(hold, spent)
 
     async def settle_reporting(self, hold: Hold, spent: Decimal) -> bool:
         """Settle; True when the reservation was still held (not released by a reaper)."""
