@@ -24,7 +24,8 @@ err = Console(stderr=True)
 def _register_subcommands() -> None:
     from ferryman.audit.cli import app as audit_app
     from ferryman.batch.cli import run
-    from ferryman.gateway.cli import keys_app, serve, teams_app
+    from ferryman.gateway.cli import keys_app, teams_app
+    from ferryman.gateway.serve_cli import serve
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
