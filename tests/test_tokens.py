@@ -786,3 +786,29 @@ def test_max_output_tokens() -> None:
     assert max_output_tokens("/v1/moderations", None) == 0
     assert max_output_tokens("/v1/files", {}, default=5) == 5
     assert max_output_tokens(chat, [1, 2], default=5) == 5
+
+
+def test_warming_builds_the_encoding_once_on_a_thread_and_counts_wait_for_it():
+    """In a fresh interpreter (the encoding is per process): ``warm`` returns at once, the build
+    runs on its thread, and a count meanwhile waits for that build instead of starting another."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from ferryman.tokens import encodings\n"
+        "builds, building = [], threading.Event()\n"
+        "real = encodings.load_mergeable_ranks\n"
+        "def counted(name):\n"
+        "    builds.append(threading.current_thread().name)\n"
+        "    building.set()\n"
+        "    return real(name)\n"
+        "encodings.load_mergeable_ranks = counted\n"
+        "assert not encodings.encoding_ready('gpt-4o')\n"
+        "encodings.warm(); encodings.warm()\n"
+        "assert building.wait(60)  # the build is under way on its thread: this count must wait for it\n"
+        "assert encodings.count_text('hello world', 'gpt-4o') == 2\n"
+        "assert encodings.encoding_ready('gpt-4o') and not encodings.encoding_ready('gpt-4')\n"
+        "assert builds == ['ferryman-tokenizer-o200k_base'], builds\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -188,6 +188,30 @@ async def test_cost_is_exact_prompt_tokens_plus_output_cap():
     assert cost == Cost(1.0, float(prompt + 80))
 
 
+async def test_while_the_tokenizer_loads_only_the_probe_goes_uncounted(monkeypatch):
+    """At a process's start the tokenizer is still being built (on a thread): the call that will
+    be the probe need not wait for it, but every call that may be paced is counted exactly."""
+    from ferryman.tokens import encodings
+
+    monkeypatch.setattr(encodings, "_READY", set())  # as if the build were still running
+    quick = chat_exchange(max_tokens=40)
+    assert cost_of(quick, exact=False) == Cost(1.0, 40.0) and quick.prompt_tokens is None
+    seen: list[int | None] = []
+
+    async def upstream(exchange: Exchange) -> Reply:
+        seen.append(exchange.prompt_tokens)
+        return Reply(200, {"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5999"})
+
+    pacing = stage()
+    await pacing.handle(chat_exchange(), upstream)  # the probe: not counted
+    await pacing.handle(chat_exchange(), upstream)  # the lane is learned: counted
+    exact = count_request_prompt_tokens("/chat/completions", chat_exchange().json)
+    assert seen == [None, exact]
+    seeded = stage(tpm=60_000)  # a seeded lane is paced from its first call: counted
+    await seeded.handle(chat_exchange(), upstream)
+    assert seen[-1] == exact
+
+
 # -- the stage without the mock: FIFO order, the probe ---------------------------------------
 
 
@@ -533,7 +557,7 @@ def test_two_processes_on_one_redis_never_exceed_the_seeded_rpm(ferryman_mock, r
 
     ferryman_mock.set_limits(rpm=SHARED_RPM, tpm=10_000_000)
     prefix = f"ferryman-test:{uuid.uuid4().hex}:"
-    control = redis.Redis.from_url(redis_url)
+    control = redis.Redis.from_url(redis_url, socket_timeout=90)  # outlasts the 60 s waits below
     env = {**os.environ, "FERRYMAN_TEST_UPSTREAM_KEY": upstream_key}
     args = [sys.executable, __file__, "worker", ferryman_mock.base_url, redis_url, prefix, str(SHARED_CALLS // 2)]
     pipe = subprocess.PIPE
@@ -570,7 +594,7 @@ def _worker(base_url: str, redis_url: str, prefix: str, calls: str, db: str) -> 
     settings = Settings(**shared_settings(mock, redis_url, Path(db)))
     pipeline = build(settings)
     use_prefix(pipeline, prefix)
-    control = redis.Redis.from_url(redis_url)
+    control = redis.Redis.from_url(redis_url, socket_timeout=90)  # outlasts the 60 s wait below
     control.rpush(prefix + "ready", "1")
     control.blpop([prefix + "go"], timeout=60)
 

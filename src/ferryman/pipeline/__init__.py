@@ -38,6 +38,7 @@ from ferryman.pipeline.retry import Retry
 from ferryman.pipeline.route import Route
 from ferryman.pipeline.telemetry import Telemetry
 from ferryman.store import Store, open_store
+from ferryman.tokens import warm
 from ferryman.upstream import Upstream
 
 ORDER = (Telemetry, Audit, Guard, Bounds, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
@@ -72,6 +73,9 @@ def build(
     pipeline = Pipeline(stages, upstream)
     pipeline.settings = settings  # type: ignore[attr-defined]
     pipeline.store = store  # type: ignore[attr-defined]
+    # Counting tokens (pacing, budgets, estimates) needs the tokenizer, a fraction of a second of
+    # CPU to build: on a thread, started last so as not to slow the building above.
+    warm()
     return pipeline
 
 

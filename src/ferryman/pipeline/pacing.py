@@ -8,7 +8,9 @@ and ``exchange.output_cap``.
 - **Seeded or learned.** ``DeploymentSettings.rpm`` / ``.tpm`` seed a lane. Without them the
   limits are learned from the replies' ``x-ratelimit-*`` headers: until a lane knows any limit,
   one call at a time goes ahead (a probe) and the rest wait for its headers, so even the first
-  burst meets no 429. A lane whose upstream sends no such headers, unseeded, is not paced.
+  burst meets no 429. A lane whose upstream sends no such headers, unseeded, is not paced. The
+  probe does not wait for the tokenizer still being built at a process's start (its prompt counts
+  0 tokens here); any call that may be paced is counted exactly.
 - **Corrected live.** Every reply's headers correct the lane (capacity = the advertised limit,
   or a lower seed; level = the upstream's remaining count, less the calls this process sent
   after that one and still has in flight; raised only by a count that leaves out every call the
@@ -53,7 +55,7 @@ from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.buckets import Buckets, Cost, MemoryBuckets, RedisBuckets, Seed, Seen
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.retry import is_quota_error, retry_after_s
-from ferryman.tokens import count_request_prompt_tokens, endpoint_route, max_output_tokens
+from ferryman.tokens import count_request_prompt_tokens, encoding_ready, endpoint_route, max_output_tokens
 
 REFUSED_HEADER = "x-ferryman-refused-by"
 MAX_LANES = 4096  # lanes per event loop (least recently used idle ones evicted)
@@ -77,8 +79,14 @@ def is_paced(exchange: Exchange) -> bool:
     return endpoint_route(exchange.path) is not None or exchange.path.startswith(("/audio/", "/images/"))
 
 
-def cost_of(exchange: Exchange) -> Cost:
-    """One request, plus prompt tokens and the output cap (kept on the exchange)."""
+def cost_of(exchange: Exchange, exact: bool = True) -> Cost:
+    """One request, plus prompt tokens and the output cap (kept on the exchange). Not ``exact``
+    and the tokenizer still loading (:func:`ferryman.tokens.warm`): the prompt counts 0 tokens
+    for this call's pacing, without waiting, and is not kept."""
+    if exchange.prompt_tokens is None and not exact and not encoding_ready(exchange.model):
+        if exchange.output_cap is None:
+            exchange.output_cap = max_output_tokens(exchange.path, exchange.json)
+        return Cost(1.0, float(exchange.output_cap or 0))
     if exchange.prompt_tokens is None:
         try:
             exchange.prompt_tokens = count_request_prompt_tokens(exchange.path, exchange.json)
@@ -114,6 +122,7 @@ class _Lane:
         self.last_seen = 0
         self.probing = False
         self.open = False  # unseeded, and the upstream sends no limits: nothing to pace by
+        self.learned = False  # a reply's headers have told this process the lane's limits
 
     @property
     def idle(self) -> bool:
@@ -216,7 +225,11 @@ class Pacing:
         key = lane_key(name, exchange.model or "")
         seed = self.seeds.get(name, Seed())
         lane = self.lane(key)
-        cost = cost_of(exchange)
+        # A call that finds its lane with no limit learned or seeded, free and unprobed, goes out
+        # as the probe whatever it costs: it need not wait for the tokenizer still loading at a
+        # process's start. Any call that may be paced is counted exactly.
+        probe_to_be = not (seed.tokens or lane.learned or lane.probing or lane.queued or lane.lock.locked())
+        cost = cost_of(exchange, exact=not probe_to_be)
         loop = asyncio.get_running_loop()
         started = loop.time()
         refusal, probe = await self._admit(exchange, lane, key, cost, seed, started + self.settings.max_wait_s)
@@ -304,6 +317,7 @@ class Pacing:
     ) -> None:
         seen = Seen.from_headers(reply.headers)
         if seen is not None:
+            lane.learned = True
             if seq > lane.last_seen:
                 lane.last_seen = seq
                 await self.buckets.observe(key, seen, *pending, age_s, seed)

@@ -15,7 +15,9 @@ from .encodings import (
     count_text,
     encoding_for_model,
     encoding_name_for_model,
+    encoding_ready,
     get_encoding,
+    warm,
 )
 from .images import image_dimensions, image_tokens, image_url_tokens
 from .requests import count_request_prompt_tokens, endpoint_route, max_output_tokens
@@ -31,10 +33,12 @@ __all__ = [
     "count_tools",
     "encoding_for_model",
     "encoding_name_for_model",
+    "encoding_ready",
     "endpoint_route",
     "get_encoding",
     "image_dimensions",
     "image_tokens",
     "image_url_tokens",
     "max_output_tokens",
+    "warm",
 ]
