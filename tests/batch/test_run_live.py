@@ -111,7 +111,7 @@ def test_bad_lines_are_reported_by_line_number_and_the_rest_runs(batch_job: Job)
     done = batch_job.run()
     assert done.returncode == 1, done.stderr
 
-    reported = dict(re.findall(r"^line (\d+): (.+)$", done.stderr, re.MULTILINE))
+    reported = dict(re.findall(r"in\.jsonl:(\d+)(?::\d+)?: (.+)$", done.stderr, re.MULTILINE))  # FILE:LINE[:COL]
     assert sorted(int(n) for n in reported) == [2, 3, 5, 6, 7, 9]
     assert "not valid JSON" in reported["2"]
     assert "JSON object" in reported["3"]
@@ -180,7 +180,7 @@ def test_dry_run_sends_nothing_and_prints_exact_tokens_and_both_costs_per_model(
     assert done.returncode == 0, done.stderr
     assert batch_job.mock.requests() == []
     assert not batch_job.output.exists() and not batch_job.journal.exists()
-    assert "line 8: not valid JSON" in done.stderr
+    assert "in.jsonl:8:1: not valid JSON" in done.stderr
     assert "7 lines to send, 1 unreadable; nothing was sent" in done.stderr
 
     rows = {}

@@ -158,7 +158,7 @@ def run(
     prices = PriceTable.for_settings(settings)
     bad = [item for item in items if isinstance(item, BadLine)]
     for item in bad[:20]:
-        err.print(f"[yellow]line {item.number}:[/yellow] {item.reason}")
+        err.print(f"[yellow]{escape(item.reason)}[/yellow]", soft_wrap=True, highlight=False)  # FILE:LINE:COL: words
     if len(bad) > 20:
         err.print(f"[yellow]... and {len(bad) - 20} more bad lines[/yellow] (all in {errors_path(output).name})")
 
