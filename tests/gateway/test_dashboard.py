@@ -140,6 +140,15 @@ def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     return width, height, [bytes(r[i : i + 3]) for r in rows for i in range(0, stride, bpp)]
 
 
+def keep_screenshots(*shots: Path) -> None:
+    """Copy the screenshots to $FERRYMAN_KEEP_SCREENSHOTS (a directory, made if missing), if set."""
+    keep = os.environ.get("FERRYMAN_KEEP_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for shot in shots:
+            shutil.copy(shot, keep)
+
+
 def count_colour(pixels: list[bytes], rgb: tuple[int, int, int], tolerance: int = 6) -> int:
     return sum(1 for px in pixels if all(abs(px[i] - rgb[i]) <= tolerance for i in range(3)))
 
@@ -259,9 +268,7 @@ def test_charts_are_painted(gateway, ferryman_mock, page, tmp_path):
         assert painted > 0.8 * laid_out and painted < 1.25 * laid_out + 50, (chart, painted, laid_out)
         assert painted / (width * height) > 0.005, (chart, painted, width * height)
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-    if os.environ.get("FERRYMAN_KEEP_SCREENSHOTS"):
-        for shot_file in tmp_path.glob("*.png"):
-            shutil.copy(shot_file, os.environ["FERRYMAN_KEEP_SCREENSHOTS"])
+    keep_screenshots(*tmp_path.glob("*.png"))
 
 
 def test_refreshes_itself_and_logout_forgets_the_key(gateway, page):
@@ -292,3 +299,113 @@ def test_refreshes_itself_and_logout_forgets_the_key(gateway, page):
     assert page.locator("rect.bar").count() == 0 and page.locator("#requests tbody tr").count() == 0
     page.reload()
     assert page.is_visible("#login-form") and page.is_hidden("#dashboard")
+
+
+# -- layout: every table fits the window -----------------------------------------------------
+
+WIDTHS = (1024, 1280, 1440)
+# a key name with no place to break a line, a fine-tuned model id, an error with a long request id
+LONG_KEY = "nightlyevaluationpipelineforthecustomersupporttriageteamintheemearegionreplica0042" + "x" * 40  # 124 chars
+LONG_TEAM_KEY = "batch-jobs-for-the-quarterly-finance-reconciliation-and-the-audit-trail-exports-team"
+LONG_MODEL = "ft:gpt-4o-mini-2024-07-18:ferryman-research-and-development:customer-support-triage-v2:AbC123xYz"
+LONG_MESSAGE = (
+    "The upstream refused this request after checking the prompt against the organisation's policy "
+    "for request req_7f3a9c2e4b1d8f6a0c5e3b9d7a1f4c8e2b6d0a9f3c7e1b5d9a8c7b6e5f4d3c2b1a0 and asked for a "
+    "shorter prompt or a model with a larger context window before trying again"
+)
+
+GEOMETRY = """() => {
+  const doc = document.documentElement;
+  const box = (el) => {
+    const b = el.getBoundingClientRect();
+    return { left: b.left, right: b.right, width: b.width, height: b.height,
+             scrollWidth: el.scrollWidth, clientWidth: el.clientWidth, text: el.innerText.trim() };
+  };
+  const tables = [...document.querySelectorAll("table")].map((table) => {
+    const wrap = table.parentElement;
+    const w = wrap.getBoundingClientRect();
+    return {
+      id: table.id, table: box(table), wrap: box(wrap),
+      visibleLeft: Math.max(w.left, 0), visibleRight: Math.min(w.left + wrap.clientWidth, doc.clientWidth),
+      heads: [...table.querySelectorAll("th")].map(box),
+      cells: [...table.querySelectorAll("td, td *")].map(box),
+    };
+  });
+  return {
+    clientWidth: doc.clientWidth, scrollWidth: doc.scrollWidth, bodyScrollWidth: document.body.scrollWidth, tables,
+  };
+}"""
+
+
+def populate_long(gw: Any, mock: MockControl) -> None:
+    """Calls whose rows hold long names and messages: a key name with nowhere to break a line, a
+    long one with hyphens (with a budget), a fine-tuned model's id the mock does not know, and an
+    upstream error with a long request id in it."""
+    odd = gw.client(gw.new_key(name=LONG_KEY, budget="1/day"))
+    team = gw.client(gw.new_key(name=LONG_TEAM_KEY))
+    odd.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
+    team.embeddings.create(model="text-embedding-3-small", input=["ferry"])
+    with pytest.raises(openai.APIStatusError):
+        odd.chat.completions.create(model=LONG_MODEL, messages=MESSAGES, max_tokens=20)
+    mock.set_faults([f"path=/v1/chat/completions;times=1;status=400;message={LONG_MESSAGE}"])
+    try:
+        with pytest.raises(openai.BadRequestError):
+            team.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
+    finally:
+        mock.set_faults([])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_table_fits_the_window_with_long_names_and_errors(gateway, ferryman_mock, page, tmp_path, width):
+    """At 1024, 1280 and 1440 px the recent requests table (and the page) fit the window: no
+    column is cut off or scrolled out of sight, every header cell shows whole, no cell's text
+    spills out of its cell, and the long error shows in its cell with the whole text as its
+    tooltip. A screenshot of each width is kept (FERRYMAN_KEEP_SCREENSHOTS=DIR copies it)."""
+    gw = gateway()
+    populate_long(gw, ferryman_mock)
+    page.set_viewport_size({"width": width, "height": 900})
+    logged_in(page, gw)
+    expect(page.locator("#requests tbody tr")).to_have_count(4)
+    failed = page.locator('#requests tbody tr[data-status="400"] td.err')
+    expect(failed).to_have_attribute("title", re.compile("req_7f3a9c2e"))
+    shot = tmp_path / f"dashboard-{width}.png"
+    page.screenshot(path=str(shot), full_page=True, animations="disabled")
+    keep_screenshots(shot)
+
+    geometry = page.evaluate(GEOMETRY)
+    view = geometry["clientWidth"]
+    assert view == width, geometry["clientWidth"]  # no vertical scrollbar eats into it in headless mode
+    assert geometry["scrollWidth"] <= view and geometry["bodyScrollWidth"] <= view, geometry  # no sideways page scroll
+    assert [t["id"] for t in geometry["tables"]] == ["requests"]
+    for table in geometry["tables"]:
+        box, wrap = table["table"], table["wrap"]
+        assert box["right"] <= view + 0.5, (width, table["id"], box)
+        assert wrap["scrollWidth"] <= wrap["clientWidth"], (width, "the table scrolls inside its card", wrap)
+        heads = table["heads"]
+        assert [h["text"] for h in heads][-1] == "Error"
+        for head in heads:
+            assert table["visibleLeft"] - 0.5 <= head["left"] and head["right"] <= table["visibleRight"] + 0.5, (
+                width,
+                head,
+                table["visibleRight"],
+            )
+            assert head["scrollWidth"] <= head["clientWidth"], (width, "header text spills out", head)
+        for cell in table["cells"]:
+            assert cell["right"] <= table["visibleRight"] + 0.5, (width, cell)
+            assert cell["scrollWidth"] <= cell["clientWidth"] + 1, (width, "cell text spills out", cell)
+
+    # the long error is on screen, in its own cell, and what is at its place is that cell
+    failed.scroll_into_view_if_needed()
+    cell = failed.bounding_box()
+    assert cell and cell["width"] >= 120 and cell["height"] > 0, (width, cell)
+    assert cell["x"] + cell["width"] <= view + 0.5
+    said = f"400 invalid_request_error: {LONG_MESSAGE}"
+    assert failed.inner_text() == said and failed.get_attribute("title") == said
+    hit = page.evaluate(
+        "([x, y]) => document.elementFromPoint(x, y)?.closest('td')?.classList.contains('err') ?? false",
+        [cell["x"] + cell["width"] / 2, cell["y"] + min(cell["height"] / 2, 8)],
+    )
+    assert hit, (width, "the error cell is covered or off screen")
+    for name in (LONG_KEY, LONG_TEAM_KEY):  # long names are in their cells' tooltips, whole
+        assert page.locator(f'#requests td.key[title^="{name} ("]').count() >= 1
+    assert page.locator(f'#requests td.model[title="{LONG_MODEL}"]').count() == 1

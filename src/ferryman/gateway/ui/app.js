@@ -8,6 +8,8 @@ import { barChart, dayChart, plural } from "./charts.js";
 const STORAGE = "ferryman.adminKey";
 const REFRESH_MS = 10000;
 const DAYS = 30;
+// a request from an earlier day: its date, short ("Dec 3, 1:27:05 PM"); the tooltip has the ISO time
+const EARLIER = { month: "short", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit" };
 const $ = (id) => document.getElementById(id);
 
 let timer = null;
@@ -137,6 +139,16 @@ function node(tag, text, className) {
   return element;
 }
 
+/** A cell for text of any length: it wraps anywhere, shows at most a few lines (see .clip in
+ * style.css) and carries the whole text as its tooltip, so no column pushes the table wider
+ * than the window. */
+function clippedCell(text, className, title = text) {
+  const cell = node("td", undefined, className);
+  cell.append(node("div", text, "clip"));
+  if (title) cell.title = title;
+  return cell;
+}
+
 function render({ usage, budgets, requests, stats }) {
   renderStats(stats);
   dayChart($("chart-by-day"), usage.by_day, { days: DAYS, money, label: "Spend by day" });
@@ -224,26 +236,22 @@ function renderRequests(rows) {
       if (r.status >= 400) tr.className = r.status === 429 ? "limited" : "failed";
       const when = new Date(r.ts * 1000);
       const today = when.toDateString() === new Date().toDateString();
-      const time = node("td");
-      const stamp = node("time", today ? when.toLocaleTimeString() : when.toLocaleString());
+      const time = node("td", undefined, "time");
+      const stamp = node("time", today ? when.toLocaleTimeString() : when.toLocaleString(undefined, EARLIER));
       stamp.dateTime = when.toISOString();
       time.append(stamp);
       time.title = when.toISOString();
-      const error = node("td", r.error ?? "", "err");
-      if (r.error) error.title = r.error;
-      const key = node("td", r.key_name, "key");
-      key.title = `${r.key_name} (${r.principal})`;
       tr.append(
         time,
-        key,
-        node("td", r.model ?? "–"),
-        node("td", r.endpoint),
+        clippedCell(r.key_name, "key", `${r.key_name} (${r.principal})`),
+        clippedCell(r.model ?? "–", "model", r.model),
+        node("td", r.endpoint, "endpoint"),
         node("td", r.status, "status"),
         node("td", `${Math.round(r.latency_ms).toLocaleString()} ms`, "num"),
         node("td", `${r.input_tokens.toLocaleString()} / ${r.output_tokens.toLocaleString()}`, "num"),
         node("td", money(r.cost_usd), "num"),
         node("td", r.cache),
-        error,
+        clippedCell(r.error ?? "", "err"),
       );
       return tr;
     }),
