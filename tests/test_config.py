@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from ferryman.config import OPENAI_BASE_URL, Settings
+from ferryman.config import OPENAI_BASE_URL, Settings, SettingsError
 
 
 @pytest.fixture(autouse=True)
@@ -84,17 +83,17 @@ def test_config_path_from_env(tmp_path, monkeypatch):
     ],
 )
 def test_sharing_without_a_shared_store_is_a_startup_error(store, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(SettingsError, match=message):
         Settings(store=store)
 
 
 def test_unknown_settings_are_refused():
-    with pytest.raises(ValidationError):
+    with pytest.raises(SettingsError):
         Settings(cache={"mode": "sometimes"})
-    with pytest.raises(ValidationError):
+    with pytest.raises(SettingsError):
         Settings(colour="blue")
 
 
 def test_duplicate_deployment_names_are_refused():
-    with pytest.raises(ValidationError, match="unique"):
+    with pytest.raises(SettingsError, match="unique"):
         Settings(deployments=[{"name": "a"}, {"name": "a"}])

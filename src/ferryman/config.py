@@ -5,6 +5,11 @@ override it, nested with ``__`` (``FERRYMAN_CACHE__MODE=all``). With no deployme
 one upstream is ``OPENAI_BASE_URL`` (default OpenAI's) with ``OPENAI_API_KEY``, as in the SDK.
 Secrets are references (``env:NAME``, ``keyring:SERVICE/NAME``, ``file:/path``), resolved by
 :mod:`ferryman.secrets` when first used and never printed.
+
+A typo must not pass as a default: unknown keys (in the file or keyword overrides) and unknown
+``FERRYMAN_*`` variables are refused, and every failure, whatever its source, is one
+:class:`~ferryman.errors.SettingsError` line naming the file or variable, the key and the
+nearest valid name (see :mod:`ferryman.config_errors`).
 """
 
 from __future__ import annotations
@@ -14,13 +19,31 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import SettingsError as SourceError
+
+from ferryman.config_errors import (
+    KeyedError,
+    check_config_file,
+    check_environment,
+    config_file,
+    from_source_error,
+    from_validation,
+    read_toml,
+)
+from ferryman.errors import SettingsError as SettingsError  # raised by Settings() and load()
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-class DeploymentSettings(BaseModel):
+class _Section(BaseModel):
+    """A table of the settings: an unknown key in it is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentSettings(_Section):
     """One place that serves models: OpenAI, Azure OpenAI, or any compatible base URL."""
 
     name: str = "openai"
@@ -42,7 +65,7 @@ class DeploymentSettings(BaseModel):
         return value.rstrip("/")
 
 
-class RetrySettings(BaseModel):
+class RetrySettings(_Section):
     max_attempts: int = Field(4, ge=1, le=20)  # including the first
     base_delay_s: float = Field(0.5, ge=0)
     max_delay_s: float = Field(8.0, ge=0)
@@ -50,25 +73,25 @@ class RetrySettings(BaseModel):
     deadline_s: float = Field(300.0, gt=0)  # for all attempts of one call together
 
 
-class PacingSettings(BaseModel):
+class PacingSettings(_Section):
     enabled: bool = True
     max_wait_s: float = Field(300.0, ge=0)  # a call waiting longer is refused with a 429
 
 
-class CacheSettings(BaseModel):
+class CacheSettings(_Section):
     mode: Literal["off", "deterministic", "all"] = "off"
     ttl_s: float = Field(3600.0, gt=0)
     max_entries: int = Field(10_000, gt=0)
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     aliases: dict[str, list[str]] = Field(default_factory=dict)  # fast = ["gpt-6-luna", "gpt-4o-mini"]
     breaker_failures: int = Field(5, ge=1)  # failures in the window that open a deployment's breaker
     breaker_window_s: float = Field(30.0, gt=0)
     breaker_cooldown_s: float = Field(15.0, gt=0)  # open this long, then one half-open probe
 
 
-class BudgetRule(BaseModel):
+class BudgetRule(_Section):
     """A hard cap: ``scope`` is ``process``, ``tag:team`` (each team separately),
     ``tag:team=a`` (that team), ``key`` (each virtual key) or ``key:NAME``."""
 
@@ -77,33 +100,33 @@ class BudgetRule(BaseModel):
     usd: Decimal = Field(gt=0)
 
 
-class BudgetSettings(BaseModel):
+class BudgetSettings(_Section):
     """How budget reservations outlive a crash: each is leased to its instance, which renews it
     while it lives; one whose lease runs out (the instance was killed) is released by any other."""
 
     lease_s: float = Field(60.0, gt=0, le=3600)
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(_Section):
     enabled: bool = True
     bodies: Literal["none", "redacted", "full"] = "redacted"
     checkpoint_key: str | None = None  # secret reference for signing checkpoints
 
 
-class TelemetrySettings(BaseModel):
+class TelemetrySettings(_Section):
     prometheus: bool = True
     otel: bool = False
     json_logs: bool = False
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(_Section):
     url: str | None = None  # SQLAlchemy URL; default SQLite in the user data directory
     redis_url: str | None = None
     redis_prefix: str = "ferryman:"  # every Redis key Ferryman writes starts with this
     shared: bool = False  # several processes share limits and budgets: needs PostgreSQL + Redis
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(_Section):
     """``ferryman serve``: the OpenAI-compatible gateway."""
 
     host: str = "127.0.0.1"
@@ -163,8 +186,21 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = os.environ.get("FERRYMAN_CONFIG", "ferryman.toml")
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+        check_config_file()
+        path, _ = config_file()
+        return (init_settings, env_settings, _TomlSource(settings_cls, toml_file=path))
+
+    def __init__(self, **values: Any) -> None:
+        """Every failure is one :class:`SettingsError` line; unknown ``FERRYMAN_*`` variables
+        (pydantic-settings ignores them) are refused once the settings are known, since a
+        variable named by one of their ``env:NAME`` references is not a typo."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise from_validation(error, type(self), values) from None
+        except SourceError as error:
+            raise from_source_error(error, type(self)) from None
+        check_environment(self)
 
     @model_validator(mode="after")
     def _defaults_and_sharing(self) -> Settings:
@@ -179,17 +215,19 @@ class Settings(BaseSettings):
             self._implicit_deployments = True
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
-            raise ValueError(f"deployment names must be unique, got {names}")
+            raise KeyedError(("deployments",), f"deployment names must be unique, got {names}")
         if self.store.shared:
+            shared = ("store", "shared")  # the errors name where store.shared was set
             url = self.store.url or ""
             if not url or url.startswith("sqlite"):
-                raise ValueError("store.shared needs a shared database: set store.url to a PostgreSQL URL")
+                raise KeyedError(shared, "store.shared needs a shared database: set store.url to a PostgreSQL URL")
             if not self.store.redis_url:
-                raise ValueError("store.shared needs Redis for limits, budgets and cache: set store.redis_url")
+                raise KeyedError(shared, "store.shared needs Redis for limits, budgets and cache: set store.redis_url")
             if self.audit.enabled and not self.audit.checkpoint_key:
-                raise ValueError(
+                raise KeyedError(
+                    shared,
                     "store.shared needs one audit.checkpoint_key for every process (a secret reference such as "
-                    "env:FERRYMAN_AUDIT_KEY): each host's own key file would make the shared chain unverifiable"
+                    "env:FERRYMAN_AUDIT_KEY): each host's own key file would make the shared chain unverifiable",
                 )
         return self
 
@@ -211,6 +249,15 @@ class Settings(BaseSettings):
         return f"sqlite:///{directory / 'ferryman.db'}"
 
 
+class _TomlSource(TomlConfigSettingsSource):
+    """The settings file, whose syntax errors name the file, the line and the column."""
+
+    def _read_file(self, file_path: Path | Any) -> dict[str, Any]:
+        return read_toml(Path(file_path), str(self.toml_file_path))
+
+
 def load(**overrides: Any) -> Settings:
-    """Settings from the file and environment, with keyword overrides on top."""
+    """Settings from the file and environment, with keyword overrides on top.
+
+    Raises :class:`SettingsError` (one line: source, key, problem, nearest valid name)."""
     return Settings(**overrides)

@@ -1,7 +1,17 @@
-"""OpenAI-format errors: ``{"error": {"message", "type", "param", "code"}}``.
+"""OpenAI-format errors: ``{"error": {"message", "type", "param", "code"}}``, and settings errors.
 
 Every part of Ferryman that refuses a request raises :class:`OpenAIError`; the front door
 that caught it turns it into the body, status and headers OpenAI itself would send.
+
+Settings that do not load raise :class:`SettingsError` (a ``ValueError``) before any request:
+one line naming the file or variable, the key, the problem and the nearest valid name, which
+the ``ferryman`` command prints before exiting with code 2. It is built by
+:mod:`ferryman.config_errors`.
+
+    Exception
+    ├── OpenAIError      a refused request (status, OpenAI-format body)
+    └── ValueError
+        └── SettingsError    ferryman.toml / FERRYMAN_* / keyword overrides do not load
 """
 
 from __future__ import annotations
@@ -31,6 +41,20 @@ class OpenAIError(Exception):
                 "code": self.code,
             }
         }
+
+
+class SettingsError(ValueError):
+    """The settings do not load. ``str()`` is one line; the parts are kept as attributes:
+    ``source`` (a file path, a variable name or ``keyword overrides``), ``key`` (dotted, such as
+    ``cache.mode``; ``""`` for none) and ``suggestion`` (the nearest valid name, ``""`` for none)."""
+
+    def __init__(self, message: str, source: str = "", key: str = "", suggestion: str = "") -> None:
+        self.message = " ".join(message.split())  # one line, whatever a validator wrote
+        self.source, self.key, self.suggestion = source, key, suggestion
+        super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.source, self.key, self.suggestion))
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:

@@ -73,10 +73,7 @@ def _fail(message: str, code: int = USAGE) -> typer.Exit:
 def _settings() -> Any:
     from ferryman.config import load
 
-    try:
-        return load()
-    except Exception as exc:  # pydantic's message names the bad setting, never a secret's value
-        raise _fail(f"the settings do not load: {str(exc).splitlines()[0]}") from None
+    return load()  # a SettingsError is one line and exit 2, printed by the ferryman command
 
 
 def _engine(db: str | None) -> Engine:

@@ -146,8 +146,8 @@ def run(
         raise typer.Exit(2)
     cap = _money(max_cost)
     output = output or input_file.with_name(input_file.stem + ".results.jsonl")
+    settings = load()  # a settings error is one line and exit 2, printed by the ferryman command
     try:
-        settings = load()
         items = list(read_lines(input_file, model, endpoint))
     except (ValueError, OSError) as error:
         if disk_full(error):
