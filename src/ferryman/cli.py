@@ -1,37 +1,95 @@
-"""The ``ferryman`` command."""
+"""The ``ferryman`` command.
+
+A command-line tool is started far more often than it runs anything long, so ``ferryman --help``
+and ``ferryman mock`` must not pay for the gateway, the batch runner and the settings model
+(SQLAlchemy, pydantic-settings, aiohttp: most of a second). :class:`LazyGroup` lists those
+subcommands from placeholders holding only a name and a line of help, and imports a subcommand's
+module when it is the one asked for (run, help or completion). ``tests/cli`` holds each
+placeholder's line equal to the real command's own.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 
-from ferryman import __version__
+from ferryman import __version__, errors
 from ferryman.errors import OpenAIError
+
+# name -> (module:attribute, the line of help the listing shows). An attribute that is a Typer
+# is a group of commands (``ferryman keys ...``); a function is one command.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": (
+        "ferryman.gateway.serve_cli:serve",
+        "Run the OpenAI-compatible gateway: virtual keys, budgets, limits, audit, metrics, dashboard.",
+    ),
+    "run": ("ferryman.batch.cli:run", "Run every request of a JSONL file, exactly once, resumably."),
+    "audit": ("ferryman.audit.cli:app", "Verify, prune and export the audit log."),
+    "keys": ("ferryman.gateway.cli:keys_app", "Create, list, rotate and revoke the gateway's virtual keys."),
+    "teams": ("ferryman.gateway.cli:teams_app", "Limits and budgets shared by every key of a team."),
+}
+
+
+def load_command(name: str) -> Any:
+    """The real click command behind a lazy subcommand (importing its module)."""
+    target, _ = LAZY_COMMANDS[name]
+    module_name, attribute = target.split(":")
+    thing = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(thing, typer.Typer):
+        command = typer.main.get_command(thing)
+    else:
+        single = typer.Typer(rich_markup_mode="rich")
+        single.command(name=name)(thing)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyCommand(typer.core.TyperCommand):
+    """A placeholder for a subcommand whose module is imported only when it is used."""
+
+    def __init__(self, name: str, help_line: str) -> None:
+        super().__init__(name, help=help_line, short_help=help_line)
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The top-level group: lists every subcommand, imports only the one resolved, and turns a
+    settings error into one line and exit code 2 (a usage error, as click's own are)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, (_, help_line) in LAZY_COMMANDS.items():
+            self.commands.setdefault(name, LazyCommand(name, help_line))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, LazyCommand) and name is not None:
+            command = self.commands[name] = load_command(name)
+        return name, command, rest
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.SettingsError as error:
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
     name="ferryman",
+    cls=LazyGroup,
     help="Make any application's use of the OpenAI API production-grade.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-
-
-def _register_subcommands() -> None:
-    from ferryman.audit.cli import app as audit_app
-    from ferryman.batch.cli import run
-    from ferryman.gateway.cli import keys_app, teams_app
-    from ferryman.gateway.serve_cli import serve
-
-    app.add_typer(audit_app, name="audit")
-    app.add_typer(keys_app, name="keys")
-    app.add_typer(teams_app, name="teams")
-    app.command()(serve)
-    app.command()(run)
 
 FAULT_HELP = (
     "Inject faults into matching requests; repeatable. A rule is key=value pairs joined by ';'. "
@@ -134,8 +192,6 @@ def mock(
     err.print(f"ferryman mock on [bold]http://{host}:{port}/v1[/bold]  (control API at /_ferryman/)")
     serve(mock_app, host, port)
 
-
-_register_subcommands()
 
 if __name__ == "__main__":
     app()
