@@ -9,6 +9,7 @@ SQLite store (keyword overrides of :class:`ferryman.config.Settings` on top) and
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ferryman.mock.control_client import MockControl
 from tests.pipeline.conftest import mock_deployment, upstream_key  # noqa: F401  (a fixture)
 
 ADMIN_KEY = "ferryman-admin-test-secret"
+UNNAMED = itertools.count(1)  # default key names, unique across every gateway of a session
 
 
 @dataclass
@@ -44,14 +46,19 @@ class Running:
     def url(self) -> str:
         return self.server.url
 
-    def new_key(self, name: str = "test", budget: str | None = None, expires: str | None = None, **limits: Any) -> str:
+    def new_key(
+        self, name: str | None = None, budget: str | None = None, expires: str | None = None, **limits: Any
+    ) -> str:
         secret, _ = self.new_key_with_record(name, budget=budget, expires=expires, **limits)
         return secret
 
     def new_key_with_record(
-        self, name: str = "test", budget: str | None = None, expires: str | None = None, **limits: Any
+        self, name: str | None = None, budget: str | None = None, expires: str | None = None, **limits: Any
     ) -> tuple[str, Any]:
+        """A key named ``name``, or by default a new ``test-N`` (live key names are unique)."""
         keys = self.gateway.keys
+        if name is None:
+            name = f"test-{next(UNNAMED)}"
         created = keys.create(
             name,
             budget=parse_budget(budget) if budget else None,

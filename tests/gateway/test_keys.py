@@ -4,26 +4,35 @@ The CLI runs as a real subprocess (``python -m ferryman.cli keys …``) on the s
 a running gateway, so what it writes is what the gateway enforces: a key printed once and stored
 only as its SHA-256, list and show without the secret, rotate (the old secret stops, the new
 one works) and revoke, each taking effect on the running gateway within a second. The admin API
-does the same over HTTP, with the admin key.
+does the same over HTTP, with the admin key. A live key's name is unique (409 ``name_taken`` for
+a second one, however many race), and a key is named by its id, an id prefix or its name (the
+listing forms and the CLI's own refusals: tests/gateway/test_keys_cli.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
+from ferryman.gateway.key_format import money
+from ferryman.gateway.key_lookup import NameTaken
+from ferryman.gateway.keys import KeyStore
 from ferryman.store import open_store
 from tests.leak_guard import find_secrets
 
@@ -126,9 +135,14 @@ def test_cli_key_lifecycle_against_a_running_gateway(gateway):
     code, shown, err = run_cli(url, "show", "team-a")
     assert code == 0, err
     assert secret not in shown and row["id"] in shown and row["hint"] in shown
-    assert "usage.calls: 1" in shown
-    (cost,) = [line.split(": ")[1] for line in shown.splitlines() if line.startswith("usage.cost_usd:")]
-    assert 0 < Decimal(cost) < Decimal("0.001")
+    assert "calls: 1" in shown.splitlines() and "budget: $50.00/month" in shown.splitlines()
+    (spent,) = [line.split(": ")[1] for line in shown.splitlines() if line.startswith("spent:")]
+    assert spent.startswith("$0.000") and spent != "$0.0000"  # a tiny spend shows its digits, never $0.00
+    code, as_json, err = run_cli(url, "show", row["id"][:10], "--json")  # an id prefix names it too
+    assert code == 0, err
+    usage = json.loads(as_json)["usage"]
+    assert usage["calls"] == 1 and 0 < Decimal(usage["cost_usd"]) < Decimal("0.001")
+    assert spent == money(usage["cost_usd"])  # the table and the JSON tell the same amount
     code, listed, err = run_cli(url, "list")
     assert code == 0, err
     assert secret not in listed and row["id"] in listed and "active" in listed
@@ -361,3 +375,99 @@ def test_cli_billing_tags_decide_what_a_key_charges(gateway):
     assert third["hera"] > 0 and third["zeus"] == second["zeus"]  # the team's tag, not the key's own
     code, _, err = run_cli(url, "tags", "tagged", "team=olympus")
     assert code == 2 and "the tag 'team' is the key's team" in err and "Traceback" not in err
+
+
+# -- one live key per name -------------------------------------------------------------------------
+
+
+def test_admin_api_refuses_a_taken_name_with_409_even_in_a_race(gateway, store_url):
+    """A second POST of a live key's name is 409 name_taken in OpenAI's shape; eight POSTs of one
+    new name at the same moment make one key and seven 409s (the unique index decides, not a
+    check that races); the name is free again once its key is revoked, here by name."""
+    gw = gateway(store={"url": store_url})
+    first = gw.admin.post("/admin/keys", json={"name": "team-a"})
+    assert first.status_code == 201
+    again = gw.admin.post("/admin/keys", json={"name": "team-a", "rpm": 5})
+    assert again.status_code == 409
+    assert again.json() == {
+        "error": {
+            "message": f"A key named 'team-a' already exists ({first.json()['id']}): "
+            "use another name or revoke it first.",
+            "type": "invalid_request_error",
+            "param": "name",
+            "code": "name_taken",
+        }
+    }
+    assert first.json()["key"] not in again.text
+
+    ready = threading.Barrier(8)
+
+    def create(_: int) -> Any:
+        with httpx2.Client(base_url=gw.url, headers=dict(gw.admin.headers), timeout=30) as http:
+            ready.wait(30)  # all eight sent together
+            return http.post("/admin/keys", json={"name": "racer", "team": "new-team"})
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(create, range(8)))
+    assert sorted(r.status_code for r in replies) == [201] + [409] * 7, [r.text for r in replies]
+    (winner,) = [r.json()["id"] for r in replies if r.status_code == 201]
+    assert all(r.json()["error"]["code"] == "name_taken" and winner in r.json()["error"]["message"]
+               for r in replies if r.status_code == 409)  # fmt: skip
+    listed = gw.admin.get("/admin/keys").json()["data"]
+    assert [k["id"] for k in listed if k["name"] == "racer"] == [winner]
+    assert [t["name"] for t in gw.admin.get("/admin/teams").json()["data"]] == ["new-team"]
+
+    assert gw.admin.post("/admin/keys/team-a/revoke").json()["state"] == "revoked"
+    assert gw.admin.post("/admin/keys", json={"name": "team-a"}).status_code == 201
+
+
+def test_keystore_creates_at_once_make_one_key_per_name(store_url, gateway_settings):
+    """KeyStore.create, eight at once of one name on the store's threads: one key, seven NameTaken
+    naming it; eight of different names joining one new team at once all succeed (the team is
+    made once, not raced into an IntegrityError)."""
+    store = open_store(gateway_settings(store={"url": store_url}))
+    keys = KeyStore(store)
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        same = await asyncio.gather(*(keys.create("same") for _ in range(8)), return_exceptions=True)
+        team = await asyncio.gather(
+            *(keys.create(f"member-{i}", team="crew") for i in range(8)), return_exceptions=True
+        )
+        return same, team
+
+    try:
+        same, team = asyncio.run(both())
+        made = [r for r in same if isinstance(r, tuple)]
+        refused = [r for r in same if isinstance(r, NameTaken)]
+        assert len(made) == 1 and len(refused) == 7, same
+        assert {e.holder for e in refused} == {made[0][1].id} and {e.name for e in refused} == {"same"}
+        assert all(isinstance(r, tuple) for r in team), team
+        assert [t.name for t in asyncio.run(keys.teams())] == ["crew"]
+        with pytest.raises(NameTaken):  # a rename onto a live key's name is refused the same way
+            asyncio.run(keys.set_limits(team[0][1].id, name="same"))
+    finally:
+        store.close()
+
+
+def test_admin_api_paths_take_an_id_prefix_or_a_name(gateway):
+    """/admin/keys/{id} resolves as the CLI does: the id, a unique prefix of it, the name; a
+    prefix two keys share is 400 key_ambiguous naming both, nothing changed."""
+    gw = gateway()
+    a = gw.admin.post("/admin/keys", json={"name": "alpha"}).json()
+    b = gw.admin.post("/admin/keys", json={"name": "beta"}).json()
+    db = sqlite3.connect(db_path(gw))
+    with db:
+        db.execute("UPDATE virtual_keys SET id = ? WHERE id = ?", ("key_abcdef0000000000aaaa", a["id"]))
+        db.execute("UPDATE virtual_keys SET id = ? WHERE id = ?", ("key_abcdef1111111111bbbb", b["id"]))
+    db.close()
+    assert gw.admin.get("/admin/keys/abcdef0").json()["name"] == "alpha"
+    assert gw.admin.get("/admin/keys/key_abcdef1").json()["name"] == "beta"
+    assert gw.admin.patch("/admin/keys/beta", json={"rpm": 9}).json()["rpm"] == 9
+    for method, path in (("GET", "/admin/keys/abcdef"), ("POST", "/admin/keys/key_abcdef/revoke")):
+        reply = gw.admin.request(method, path)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert (error["code"], error["param"], error["type"]) == ("key_ambiguous", "id", "invalid_request_error")
+        assert "key_abcdef0000000000aaaa" in error["message"] and "key_abcdef1111111111bbbb" in error["message"]
+    assert [k["state"] for k in gw.admin.get("/admin/keys").json()["data"]] == ["active", "active"]
+    assert gw.admin.get("/admin/keys/abcde").json()["error"]["code"] == "key_not_found"  # too short a prefix

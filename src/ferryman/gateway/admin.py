@@ -6,8 +6,12 @@ answers 403 to everyone. Errors are in OpenAI's shape. Nothing here ever returns
 secret except the one reply that creates or rotates it.
 
 - ``POST /admin/keys`` ``{name, team?, rpm?, tpm?, budget?: "50/month", models?: [...], tags?: {...},
-  expires?: "30d"}``
-- ``GET /admin/keys``, ``GET /admin/keys/{id}`` (with usage), ``PATCH /admin/keys/{id}``
+  expires?: "30d"}``; a name a live key has already is 409 ``name_taken`` (``param: "name"``), also
+  when two creates of it race (the database's unique index decides)
+- ``GET /admin/keys``, ``GET /admin/keys/{id}`` (with usage), ``PATCH /admin/keys/{id}``; ``{id}``
+  here and below is the key's id, a unique id prefix (six or more hex digits, ``key_`` optional)
+  or its name, resolved as the CLI does (:mod:`ferryman.gateway.key_lookup`): none is 404
+  ``key_not_found``, several 400 ``key_ambiguous`` naming them
 - ``POST /admin/keys/{id}/rotate``, ``POST /admin/keys/{id}/revoke`` (also ``DELETE /admin/keys/{id}``)
 - ``GET /admin/teams``, ``PUT /admin/teams/{name}`` ``{rpm?, tpm?, budget?, tags?}``, ``DELETE /admin/teams/{name}``
 - ``GET /admin/usage?days=30``: spend and calls by day, model and key
@@ -37,6 +41,7 @@ from ferryman.gateway.admin_input import (
     KEY_UPDATE_FIELDS,
     NO_FIELDS,
     TEAM_FIELDS,
+    ambiguous,
     bad,
     body_of,
     budget_of,
@@ -49,10 +54,12 @@ from ferryman.gateway.admin_input import (
     limit_of,
     models_of,
     name_of,
+    name_taken,
     shown,
     tags_of,
 )
 from ferryman.gateway.auth import admin_matches, presented_key
+from ferryman.gateway.key_lookup import KeyAmbiguous, NameTaken
 from ferryman.gateway.keys import KeyError_, billing_tags
 from ferryman.pipeline.budget import Budget, window_of
 from ferryman.store.tables import audit
@@ -82,12 +89,16 @@ class AdminAPI:
                 return error_response(
                     OpenAIError(
                         404,
-                        f"No key with id {shown(str(error.args[0]))!r}.",
+                        f"No key {shown(str(error.args[0]))!r} (by id, id prefix or name).",
                         "invalid_request_error",
                         "id",
                         "key_not_found",
                     )
                 )
+            except KeyAmbiguous as error:
+                return error_response(ambiguous(error))
+            except NameTaken as error:
+                return error_response(name_taken(error))
             except Exception as error:  # the database is down, a bug: JSON, logged once, no traceback
                 return failure_response(request, error)
 
@@ -184,7 +195,7 @@ class AdminAPI:
 
     async def show_key(self, request: Request) -> Response:
         check_query(request, NO_FIELDS)
-        record = await self.gateway.keys.get(request.path_params["id"])
+        record = await self.gateway.keys.find(request.path_params["id"])
         usage = (await self.gateway.keys.usage()).get(record.id)
         team = await self.gateway.keys.team(record.team) if record.team else None
         return json_response(
@@ -215,21 +226,24 @@ class AdminAPI:
         if "expires" in body:
             expires_in = expires_of(body)
             values["expires"] = time.time() + expires_in if expires_in is not None else None
-        record = await self.gateway.keys.set_limits(request.path_params["id"], **values)
+        key = await self.gateway.keys.find(request.path_params["id"])  # after the body: a bad one is 400 first
+        record = await self.gateway.keys.set_limits(key.id, **values)
         self.gateway.key_cache.forget()
         return json_response(record.public())
 
     async def rotate_key(self, request: Request) -> Response:
         check_query(request, NO_FIELDS)
         await body_of(request, NO_FIELDS)
-        secret, record = await self.gateway.keys.rotate(request.path_params["id"])
+        key = await self.gateway.keys.find(request.path_params["id"])
+        secret, record = await self.gateway.keys.rotate(key.id)
         self.gateway.key_cache.forget()
         return json_response({"key": secret, **record.public()})
 
     async def revoke_key(self, request: Request) -> Response:
         check_query(request, NO_FIELDS)
         await body_of(request, NO_FIELDS)
-        record = await self.gateway.keys.revoke(request.path_params["id"])
+        key = await self.gateway.keys.find(request.path_params["id"])
+        record = await self.gateway.keys.revoke(key.id)
         self.gateway.key_cache.forget()
         return json_response(record.public())
 

@@ -26,6 +26,10 @@ whose ``param`` names the field:
   from 1 second to 3650 days; ``null`` is never (on PATCH: remove the expiry)
 - ``days`` 1 to 366, ``limit`` 1 to 1000, ``hours`` 1 to 8784: whole numbers
 
+A name a live key has already is a 409 ``name_taken`` (``param: "name"``, naming the key that
+has it), not a 400: the input is well formed, the store's state refuses it. A key reference that
+fits several keys (``/admin/keys/{id}``) is a 400 ``key_ambiguous`` listing their ids.
+
 A failure that is not the caller's answers in the same shape: 503 ``store_unavailable`` when
 the database (or Redis) cannot be reached or used, 503 ``disk_full`` when the disk is full
 (:mod:`ferryman.store.faults`), 500 ``server_error`` otherwise, logged once
@@ -38,7 +42,7 @@ import logging
 import math
 import re
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -47,6 +51,9 @@ from starlette.responses import Response
 from ferryman.errors import OpenAIError
 from ferryman.gateway.key_rules import LIMIT_MAX, check_limit, check_name, check_tags, parse_budget, parse_duration
 from ferryman.store.faults import describe, infrastructure_failure
+
+if TYPE_CHECKING:
+    from ferryman.gateway.key_lookup import KeyAmbiguous, NameTaken
 
 log = logging.getLogger("ferryman.gateway.admin")
 
@@ -77,6 +84,21 @@ def bad(message: str, param: str | None = None) -> OpenAIError:
 
 def shown(name: str, limit: int = 64) -> str:
     return name if len(name) <= limit else name[:limit] + "…"
+
+
+def name_taken(error: NameTaken) -> OpenAIError:
+    """409: a live key (or a team) has the name already."""
+    held = f" ({error.holder})" if error.holder else ""
+    fix = "use another name or revoke it first" if error.kind == "key" else "use another name"
+    message = f"A {error.kind} named {shown(error.name)!r} already exists{held}: {fix}."
+    return OpenAIError(409, message, "invalid_request_error", "name", "name_taken")
+
+
+def ambiguous(error: KeyAmbiguous) -> OpenAIError:
+    """400: the reference fits several keys; their ids, so the caller can pick one."""
+    ids = ", ".join(k.id for k in error.candidates)
+    message = f"{shown(error.ref)!r} fits several keys ({ids}): name one by its id."
+    return OpenAIError(400, message, "invalid_request_error", "id", "key_ambiguous")
 
 
 def check_query(request: Request, allowed: frozenset[str]) -> None:

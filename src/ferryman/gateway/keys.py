@@ -11,6 +11,12 @@ tags, its team's tags and ``team=<its team>``, never to what a caller's ``ferrym
 says (a header adds reporting tags only). Where a key's tag and its team's disagree, the team's
 wins: one key cannot be configured out of its team's budget.
 
+A live key's name is unique (a partial unique index, migration 0006) and so is a team's (its
+primary key): two creates of one name, even at the same moment, make one key and refuse the
+other with :class:`NameTaken`. :meth:`KeyStore.find` is the one place a key named by a person
+(CLI argument, admin API path) is resolved: its full id, a unique prefix of its id (six or more
+hex digits, with or without ``key_``) or its name (the rules: :mod:`ferryman.gateway.key_lookup`).
+
 What each field may hold is checked in :mod:`ferryman.gateway.key_rules`. :class:`KeyStore` is
 the table's one reader and writer (the CLI and the admin API both use it);
 :class:`KeyCache` keeps lookups for ``ttl_s`` (default 0.5 s) so a revocation on any instance
@@ -31,7 +37,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
+from ferryman.gateway.key_lookup import KeyAmbiguous, NameTaken, ensure_team, matching_rows
 from ferryman.gateway.key_rules import check_limit, check_name, check_tags
 from ferryman.store import Store
 from ferryman.store.tables import audit, teams, virtual_keys
@@ -147,7 +155,7 @@ def billing_tags(key: KeyRecord, team: TeamRecord | None) -> tuple[tuple[str, st
 
 
 class KeyError_(LookupError):
-    """No such key (by id)."""
+    """No such key (by id, id prefix or name)."""
 
 
 class KeyStore:
@@ -200,13 +208,17 @@ class KeyStore:
         }
 
         def write(conn: Connection) -> None:
-            conn.execute(insert(virtual_keys).values(**values))
-            if values["team"] is not None:
-                exists = conn.execute(select(teams.c.name).where(teams.c.name == values["team"])).first()
-                if exists is None:
-                    conn.execute(insert(teams).values(name=values["team"], created=now))
+            conn.execute(insert(virtual_keys).values(**values))  # first: a taken name fails before anything else
+            if team is not None:
+                ensure_team(conn, team, now)
 
-        await self.store.write(write)
+        try:
+            await self.store.write(write)
+        except IntegrityError:
+            holder = await self._live_named(name)
+            if holder is None:
+                raise
+            raise NameTaken("key", name, holder.id) from None
         record = await self.get(str(values["id"]))
         return secret, record
 
@@ -233,8 +245,16 @@ class KeyStore:
             raise ValueError(f"unknown key fields: {sorted(unknown)}")
         if "tags" in values:
             values["tags"] = check_tags(values["tags"])
-        if values and not await self._update(key_id, **values):
-            raise KeyError_(key_id)
+        if "name" in values:
+            values["name"] = check_name(values["name"])
+        try:
+            if values and not await self._update(key_id, **values):
+                raise KeyError_(key_id)
+        except IntegrityError:
+            holder = await self._live_named(values.get("name", ""))
+            if holder is None:
+                raise
+            raise NameTaken("key", holder.name, holder.id) from None
         return await self.get(key_id)
 
     async def set_team(
@@ -245,8 +265,10 @@ class KeyStore:
         tpm: int | None = None,
         budget: tuple[Decimal, str] | None = None,
         tags: dict[str, str] | None = None,
+        new: bool = False,
     ) -> TeamRecord:
-        """Sets all of a team's limits, budget and tags at once (what is left out: none)."""
+        """Sets all of a team's limits, budget and tags at once (what is left out: none); with
+        ``new``, makes a team no other has the name of, else raises :class:`NameTaken`."""
         name = check_name(name, "team")
         now = self.clock()
         values = {
@@ -258,13 +280,18 @@ class KeyStore:
         }
 
         def write(conn: Connection) -> None:
-            found = conn.execute(select(teams.c.name).where(teams.c.name == name)).first()
-            if found is None:
+            if new:
                 conn.execute(insert(teams).values(name=name, created=now, **values))
-            else:
-                conn.execute(update(teams).where(teams.c.name == name).values(**values))
+                return
+            ensure_team(conn, name, now)
+            conn.execute(update(teams).where(teams.c.name == name).values(**values))
 
-        await self.store.write(write)
+        try:
+            await self.store.write(write)
+        except IntegrityError:
+            if not new:
+                raise
+            raise NameTaken("team", name) from None
         team = await self.team(name)
         assert team is not None
         return team
@@ -293,22 +320,24 @@ class KeyStore:
             raise KeyError_(key_id)
         return _key(row)
 
-    async def find(self, key_id_or_name: str) -> KeyRecord:
-        """By id, or by name when exactly one live key has it (for the CLI)."""
-        try:
-            return await self.get(key_id_or_name)
-        except KeyError_:
-            pass
+    async def find(self, ref: str) -> KeyRecord:
+        """The key ``ref`` names, the one way the CLI and the admin API resolve a person's words:
+        its full id; else the live key of that name and the keys whose id starts with ``ref``
+        (six or more hex digits, ``key_`` optional), which must be one key;
+        else the revoked key of that name, if only one has it. :class:`KeyError_` when none
+        fits, :class:`KeyAmbiguous` (listing them) when several do."""
+        ref = ref.strip()
+        rows = await self.store.read(lambda c: matching_rows(c, ref)) if ref else []
+        if not rows:
+            raise KeyError_(ref)
+        if len(rows) > 1:
+            raise KeyAmbiguous(ref, [_key(row) for row in rows])
+        return _key(rows[0])
 
-        def read(c: Connection) -> list[Any]:
-            query = select(virtual_keys).where(virtual_keys.c.name == key_id_or_name)
-            return list(c.execute(query.order_by(virtual_keys.c.created.desc())).all())
-
-        rows = await self.store.read(read)
-        live = [r for r in rows if r._mapping["revoked"] is None] or rows
-        if len(live) != 1:
-            raise KeyError_(key_id_or_name)
-        return _key(live[0])
+    async def _live_named(self, name: str) -> KeyRecord | None:
+        query = select(virtual_keys).where(virtual_keys.c.name == name, virtual_keys.c.revoked.is_(None))
+        row = await self.store.read(lambda c: c.execute(query).first())
+        return _key(row) if row is not None else None
 
     async def all(self, include_revoked: bool = True) -> list[KeyRecord]:
         def read(c: Connection) -> list[Any]:

@@ -158,12 +158,15 @@ virtual_keys = Table(
     Column("tags", JSON),  # billing tags {name: value} that tag: budget rules count; None: none
     Column("metadata", JSON, nullable=False),
 )
+# A name names one live key (``keys show team-a``); a revoked key keeps its name, which is free again.
+_LIVE = virtual_keys.c.revoked.is_(None)
+Index("virtual_keys_live_name", virtual_keys.c.name, unique=True, sqlite_where=_LIVE, postgresql_where=_LIVE)
 
 # Teams: limits and budgets shared by every key of the team.
 teams = Table(
     "teams",
     metadata,
-    Column("name", String(128), primary_key=True),
+    Column("name", String(128), primary_key=True),  # unique by being the key
     Column("created", Float, nullable=False),
     Column("rpm", Integer),
     Column("tpm", Integer),
