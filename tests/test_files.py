@@ -332,3 +332,29 @@ def test_the_mocks_state_directory_is_private(tmp_path):
     assert mode(state) == mode(state / "files") == mode(state / "blobs") == 0o700
     assert mode(state / "files" / "file-abc.json") == mode(state / "blobs" / "file-abc") == 0o600
     assert ObjectStore(state).get_blob("file-abc") == b"uploaded"  # read back after a restart
+
+
+def test_create_private_makes_a_file_once_whole_and_0600(tmp_path):
+    """Of many makers at once exactly one wins; every reader sees the winner's whole content."""
+    import threading
+
+    from ferryman.files import create_private
+
+    path = tmp_path / "admin.key"
+    start = threading.Barrier(8)
+    won: list[str] = []
+
+    def make(i: int) -> None:
+        start.wait()
+        if create_private(path, f"key-{i}\n"):
+            won.append(f"key-{i}\n")
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1 and path.read_text() == won[0]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not create_private(path, "other\n") and path.read_text() == won[0]  # never replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["admin.key"]  # no temporary file left

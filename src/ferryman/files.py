@@ -195,3 +195,25 @@ def write_private(path: str | os.PathLike[str], data: bytes | str, *, fsync: boo
     """Replace ``path`` atomically with ``data`` (text as UTF-8), mode 0600."""
     with atomic_private(path, "wb", fsync=fsync) as handle:
         handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def create_private(path: str | os.PathLike[str], data: str) -> bool:
+    """Make ``path`` (mode 0600) holding ``data`` unless it exists; whole or not at all. Returns
+    whether this call made it. Written to a temporary file first and linked into place (atomic,
+    and refused if ``path`` appeared meanwhile), so a reader never sees a half-written file and of
+    two processes making it at once, one wins and both then read the winner's."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with open_private(temporary, "x") as handle:  # 0600, and the link keeps the mode
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()

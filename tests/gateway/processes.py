@@ -59,6 +59,25 @@ def gateway_env(upstream_base_url: str, data_dir: Path, **settings: str) -> dict
     return env
 
 
+def first_run_env(data_dir: Path, upstream_base_url: str | None = None) -> dict[str, str]:
+    """The environment of a ``ferryman serve`` that has no admin key configured (no ``FERRYMAN_ADMIN_KEY``):
+    in front of ``upstream_base_url`` as :func:`gateway_env` puts it, or with none the way a first run on a
+    new machine is: no ``FERRYMAN_*`` or ``OPENAI_*`` at all (the embedded mock), no proxies, wide lines."""
+    if upstream_base_url is not None:
+        env = gateway_env(upstream_base_url, data_dir)
+        del env["FERRYMAN_ADMIN_KEY"]
+    else:
+        proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FERRYMAN_", "OPENAI_")) and k.lower() not in proxies
+        }
+        env.update(FERRYMAN_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    env["COLUMNS"] = "1000"  # no wrapped banner lines
+    return env
+
+
 @dataclass
 class GatewayProcess:
     port: int

@@ -8,7 +8,6 @@ checkpoint. Messages and exceptions name where a key lives, never the key.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -16,7 +15,7 @@ import secrets as _random
 from pathlib import Path
 
 from ferryman.config import default_data_dir
-from ferryman.files import open_private, private_dir
+from ferryman.files import create_private, private_dir
 from ferryman.secrets import SecretError, resolve
 
 KEY_FILE = "audit.key"
@@ -82,12 +81,4 @@ def _create(path: Path) -> None:
     # The default data directory is Ferryman's own (tightened to 0700 if it exists); one named by
     # FERRYMAN_DATA_DIR is made 0700 when it is made here, and otherwise keeps its mode.
     private_dir(path.parent, tighten=not os.environ.get("FERRYMAN_DATA_DIR"))
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}")
-    handle = open_private(temp, "x")  # 0600, and the link below keeps the mode
-    try:
-        with handle:
-            handle.write(_random.token_hex(32) + "\n")
-        with contextlib.suppress(FileExistsError):  # another process made it first: keep that key
-            os.link(temp, path)  # atomic, and fails if the file appeared meanwhile
-    finally:
-        temp.unlink(missing_ok=True)
+    create_private(path, _random.token_hex(32) + "\n")  # another process made it first: keep that key

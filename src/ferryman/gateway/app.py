@@ -6,8 +6,9 @@ path pays for no routing or request objects); everything else is a small Starlet
 pipeline is the in-SDK one (:func:`ferryman.pipeline.build`) with callers' own limits and budgets
 on, and the gateway's front stages (authentication, intake, ownership) inside the guard.
 
-Shutdown drains: ``/readyz`` turns 503 at once (so a load balancer stops sending), and open
-streams get ``gateway.drain_s`` to finish before the upstream connections close.
+Shutdown drains: on SIGTERM ``/readyz`` turns 503 at once while the server keeps listening (so a
+load balancer, still able to ask, stops sending: :class:`~ferryman.gateway.server.DrainingServer`),
+and open streams get ``gateway.drain_s`` to finish before the upstream connections close.
 """
 
 from __future__ import annotations
@@ -115,9 +116,14 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def start_draining(self) -> None:
+        """Stop being ready: ``/readyz`` answers 503 ``draining`` from now on, while requests are
+        still served. Only sets a flag, so a signal handler may call it."""
+        self.draining = True
+
     async def shutdown(self) -> None:
         """Stop being ready, let open streams finish (up to ``drain_s``), close the upstreams."""
-        self.draining = True
+        self.start_draining()
         try:
             await asyncio.wait_for(self.proxy.streams_idle.wait(), self.settings.gateway.drain_s)
         except TimeoutError:
