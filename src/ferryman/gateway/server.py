@@ -129,12 +129,16 @@ class _BindFailure(logging.Filter):
 
 
 def bind(config: uvicorn.Config) -> socket.socket:
-    """The listening socket of ``config`` (``Config.bind_socket``), or :class:`BindError`."""
+    """The listening socket of ``config`` (``Config.bind_socket``), or :class:`BindError`. It listens
+    at once: a client that connects as soon as the banner is printed waits in the backlog until the
+    server accepts, rather than being refused."""
     failure = _BindFailure()
     logger = logging.getLogger("uvicorn.error")
     logger.addFilter(failure)
     try:
-        return config.bind_socket()
+        sock = config.bind_socket()
+        sock.listen(config.backlog)
+        return sock
     except SystemExit:  # uvicorn logs the OSError (caught by the filter) and exits 3
         raise BindError(_bind_message(config.host, config.port, failure.error)) from None
     finally:
