@@ -166,7 +166,7 @@ def test_the_readme_s_two_commands_work_from_a_fresh_clone(first_command, clone,
     suite = readme_commands()[1]
     assert suite == "./scripts/test", suite
     done = subprocess.run(
-        ["bash", "-c", suite + " --collect-only -q"],
+        ["bash", "-c", suite + " --collect-only"],
         cwd=clone,
         env=newcomer_env(tmp_path),
         capture_output=True,
