@@ -23,9 +23,15 @@ cap (``spent + reserved + this > cap``) is refused with a 429 in OpenAI's shape,
 After the call the real cost (``exchange.cost_usd``, from the account stage; 0 for errors and
 cache hits) is settled and the rest released: for a plain reply before it is returned, for a
 stream when it ends or the caller closes it (``reply.on_close``). An exception or cancellation
-releases the whole reservation. A model without a price reserves 0 (the call goes through and
-a warning is logged once per model), since refusing every call to a new model would be worse;
-its cost, if it later turns out to have one, is still settled.
+releases the whole reservation. A settlement that fails is tried again at once (a pooled Redis
+connection a restart left behind fails one command, then reconnects), then in the background
+until it lands or the call's deadline passes: with Redis in front, the database may have settled
+already while Redis has not, and no rebuild would add the cost to a counter Redis still has (the
+store settles a hold in the database only once, however often it is tried).
+
+A model without a price reserves 0 (the call goes through and a warning is logged once per
+model), since refusing every call to a new model would be worse; its cost, if it later turns out
+to have one, is still settled.
 
 Counters live in the database, with Redis in front when the store has it (see budget_stores and
 budget_redis). Each reservation is leased to this instance (``budget.lease_s``, default 60 s)
@@ -38,6 +44,7 @@ stop blocking a key within the lease.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -71,6 +78,8 @@ BILLED = BILLED_ENDPOINTS
 CODE = "budget_exceeded"
 WARNED_MAX = 256  # models without a price that are named in a warning, each once
 REAP_EVERY_S = 1.0  # expired reservations are looked for at most this often
+SETTLE_TRIES_NOW = 3  # a settlement is tried this often before the reply goes out
+SETTLE_RETRY_S = (0.1, 0.5, 2.0, 5.0)  # then in the background, this far apart (the last repeated)
 
 
 def window_of(period: str, now: float) -> tuple[str, int]:
@@ -373,16 +382,54 @@ class _Hold:
             await self._write(None)
 
     async def _write(self, cost: Decimal | None) -> None:
+        spent = cost if cost is not None else ZERO
+        later = False
         try:
-            await self.budget.store.settle(self.hold, cost if cost is not None else ZERO)
-        except Exception:  # its lease runs out and a reaper releases it; the cost is lost
-            log.exception(
-                "budget: could not settle %s on %s; the reservation is released when its lease runs out",
+            failed: Exception | None = None
+            for _ in range(SETTLE_TRIES_NOW):
+                try:
+                    await self.budget.store.settle(self.hold, spent)
+                    return
+                except Exception as error:
+                    failed = error
+            log.warning(
+                "budget: could not settle %s on %s (%s: %s); trying again in the background",
                 self.amount,
-                [c.scope for c in self.hold.counters],
+                self._scopes(),
+                type(failed).__name__,
+                failed,
+            )
+            self.budget._spawn(self._write_later(spent))
+            later = True
+        finally:
+            if not later:
+                self.budget._closed()
+
+    async def _write_later(self, spent: Decimal) -> None:
+        """The settlement, tried until it lands or the call's deadline passes."""
+        try:
+            for tries in itertools.count():
+                await asyncio.sleep(SETTLE_RETRY_S[min(tries, len(SETTLE_RETRY_S) - 1)])
+                try:
+                    await self.budget.store.settle(self.hold, spent)
+                except Exception:
+                    if self.budget.clock() > self.hold.deadline:
+                        raise
+                    continue
+                log.warning("budget: settled %s on %s after all", self.amount, self._scopes())
+                return
+        except Exception:
+            log.exception(
+                "budget: could not settle %s on %s by the call's deadline; a reservation the database "
+                "still holds is released when its lease runs out",
+                self.amount,
+                self._scopes(),
             )
         finally:
             self.budget._closed()
+
+    def _scopes(self) -> list[str]:
+        return [c.scope for c in self.hold.counters]
 
     def at_end(self, completed: bool = True) -> None:
         """The stream ended or was closed (maybe on another thread): settle on the call's loop."""

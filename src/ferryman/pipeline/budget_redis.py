@@ -38,6 +38,7 @@ from ferryman.pipeline.budget_stores import (
     SQLBudgetStore,
 )
 from ferryman.store import Store
+from ferryman.store.database import redis_client
 
 log = logging.getLogger("ferryman.budget")
 
@@ -217,9 +218,7 @@ class RedisBudgetStore:
 
     def _blocking(self) -> Any:
         if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(self.store.redis_url or "")
+            self._sync = redis_client(self.store.redis_url or "", sync=True)
         return self._sync
 
 

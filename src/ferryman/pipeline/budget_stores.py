@@ -22,7 +22,10 @@ or none):
 
 Settling deletes the reservation's rows and adds the cost in one transaction; a reservation
 already released by a reaper (its call outlived its lease) releases nothing twice, but its cost
-is still added.
+is still added. A store remembers the holds it settled (the last :data:`SETTLED_KEPT`): settling
+one again changes nothing in the database and reports what the first settlement found, so a
+settlement whose next step failed (the Redis store's write, after the database's) can be tried
+again whole.
 
 Amounts are rounded to 1e-10 USD: reservations up, settled costs to nearest.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
@@ -45,6 +49,7 @@ from ferryman.store.tables import budget_reservations as reservations_table
 UNIT = Decimal("1e-10")
 ZERO = Decimal(0)
 REAP_BATCH = 100  # expired reservations released per pass
+SETTLED_KEPT = 8192  # settled holds remembered (past that, a retry settles again: counted twice, never lost)
 
 
 def reservation(amount: Decimal) -> Decimal:
@@ -133,16 +138,30 @@ class SQLBudgetStore:
         self.check = check
         self.dialect = store.engine.dialect.name
         self._local = threading.local()
+        self._settled: OrderedDict[str, bool] = OrderedDict()  # hold id: whether it was still held
+        self._settled_lock = threading.Lock()
 
     async def reserve(self, hold: Hold) -> Refusal | None:
+        with self._settled_lock:  # reserved (again): its next settlement is a new one
+            self._settled.pop(hold.id, None)
         return await self.store.run(self._reserve, hold)
 
     async def settle(self, hold: Hold, spent: Decimal) -> None:
         await self.settle_reporting(hold, spent)
 
     async def settle_reporting(self, hold: Hold, spent: Decimal) -> bool:
-        """Settle; True when the reservation was still held (not released by a reaper)."""
-        return await self.store.run(self._settle, hold, spent)
+        """Settle; True when the reservation was still held (not released by a reaper). A hold
+        settled already is not settled twice: the answer is the first settlement's."""
+        with self._settled_lock:
+            known = self._settled.get(hold.id)
+        if known is not None:
+            return known
+        held = await self.store.run(self._settle, hold, spent)
+        with self._settled_lock:
+            self._settled[hold.id] = held
+            while len(self._settled) > SETTLED_KEPT:
+                self._settled.popitem(last=False)
+        return held
 
     async def renew(self, instance: str, now: float, lease_s: float) -> int:
         return await self.store.run(self._renew, instance, now, lease_s)
@@ -398,6 +417,7 @@ def budget_store(store: Store) -> BudgetStore:
 
 
 __all__ = [
+    "SETTLED_KEPT",
     "UNIT",
     "BudgetStore",
     "Counter",

@@ -184,9 +184,7 @@ class Store:
             return None
         with self._redis_lock:
             if self._redis is None:
-                import redis.asyncio as aioredis
-
-                self._redis = aioredis.from_url(self.redis_url)
+                self._redis = redis_client(self.redis_url)
             return self._redis
 
     def disk_free(self) -> int | None:
@@ -207,6 +205,24 @@ class Store:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.engine.dispose()
+
+
+def redis_client(url: str, *, sync: bool = False) -> Any:
+    """The one way Ferryman connects to Redis (``redis.asyncio.Redis``, or ``redis.Redis`` when
+    ``sync``). Maintenance notifications (a managed-Redis feature, ``"auto"`` by default in
+    redis-py 8) are off: while they are on, the async pool skips its check that a pooled
+    connection is still alive, so after a Redis restart every idle connection fails its next
+    command once, and a budget settlement sent on one was lost (tests/pipeline/
+    test_budget_redis_restart.py)."""
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    if sync:
+        import redis
+
+        return redis.Redis.from_url(url, maint_notifications_config=MaintNotificationsConfig(enabled=False))
+    import redis.asyncio as aioredis
+
+    return aioredis.from_url(url, maint_notifications_config=MaintNotificationsConfig(enabled=False))
 
 
 def open_store(settings: Settings, url: str | None = None, migrate_schema: bool = True) -> Store:
