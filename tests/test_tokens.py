@@ -812,3 +812,36 @@ def test_warming_builds_the_encoding_once_on_a_thread_and_counts_wait_for_it():
         "assert builds == ['ferryman-tokenizer-o200k_base'], builds\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_pipeline_start_keeps_the_parsed_ranks_and_the_next_start_loads_them(tmp_path):
+    """First start: parsed and cached (0600, in the data directory). Next start (a fresh
+    interpreter): loaded from the cache, not parsed. A damaged cache is parsed anew and replaced."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ferryman.tokens import encodings\n"
+        "parsed = []\n"
+        "real = encodings.load_mergeable_ranks\n"
+        "encodings.load_mergeable_ranks = lambda name: parsed.append(name) or real(name)\n"
+        "encodings.cache_in(sys.argv[1]); encodings.warm()\n"
+        "assert encodings.count_text('hello world', 'gpt-4o') == 2\n"
+        "print(len(parsed))\n"
+    )
+
+    def start() -> int:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.strip())
+
+    assert start() == 1
+    (cached,) = (tmp_path / "tokenizer").iterdir()
+    assert cached.name.startswith("o200k_base-") and cached.stat().st_mode & 0o777 == 0o600
+    assert start() == 0  # loaded, not parsed
+    blob = bytearray(cached.read_bytes())
+    blob[-10] ^= 0xFF
+    cached.write_bytes(bytes(blob))
+    assert start() == 1  # the damage is found by the cache's sha256, the ranks parsed again...
+    assert start() == 0  # ... and the cache replaced

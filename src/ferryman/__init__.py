@@ -8,6 +8,9 @@ client = ferryman.OpenAI()   # the same, with the SDK's own retries off
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -22,12 +25,13 @@ def http_client(base_url: str | httpx2.URL | None = None, **overrides: Any) -> h
 
     ``base_url``: the SDK's base URL. With no deployments configured it is the upstream (its
     calls carry the SDK's own key); with deployments it must be one of theirs (``ValueError``)."""
-    import httpx2
+    with _collector_paused():
+        import httpx2
 
-    from ferryman.transport import FerrymanTransport
+        from ferryman.transport import FerrymanTransport
 
-    timeout = overrides.pop("timeout", httpx2.Timeout(600.0, connect=5.0))
-    return httpx2.Client(transport=FerrymanTransport(_pipeline(base_url, overrides)), timeout=timeout)
+        timeout = overrides.pop("timeout", httpx2.Timeout(600.0, connect=5.0))
+        return httpx2.Client(transport=FerrymanTransport(_pipeline(base_url, overrides)), timeout=timeout)
 
 
 # ``overrides`` are keyword overrides of ferryman.config.Settings, or ``settings=`` a Settings.
@@ -36,12 +40,13 @@ def http_client(base_url: str | httpx2.URL | None = None, **overrides: Any) -> h
 def async_http_client(base_url: str | httpx2.URL | None = None, **overrides: Any) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` whose transport runs the pipeline (for ``openai.AsyncOpenAI``);
     ``base_url`` as for :func:`http_client`."""
-    import httpx2
+    with _collector_paused():
+        import httpx2
 
-    from ferryman.transport import AsyncFerrymanTransport
+        from ferryman.transport import AsyncFerrymanTransport
 
-    timeout = overrides.pop("timeout", httpx2.Timeout(600.0, connect=5.0))
-    return httpx2.AsyncClient(transport=AsyncFerrymanTransport(_pipeline(base_url, overrides)), timeout=timeout)
+        timeout = overrides.pop("timeout", httpx2.Timeout(600.0, connect=5.0))
+        return httpx2.AsyncClient(transport=AsyncFerrymanTransport(_pipeline(base_url, overrides)), timeout=timeout)
 
 
 def OpenAI(**kwargs: Any) -> openai.OpenAI:
@@ -49,24 +54,26 @@ def OpenAI(**kwargs: Any) -> openai.OpenAI:
 
     Keyword arguments go to ``openai.OpenAI``, except ``ferryman=`` (a dict of setting
     overrides for the pipeline). ``base_url=`` goes to both: see :func:`http_client`."""
-    import openai
+    with _collector_paused():
+        import openai
 
-    overrides = kwargs.pop("ferryman", {}) or {}
-    kwargs.setdefault("max_retries", 0)
-    kwargs.setdefault("api_key", kwargs.get("api_key") or _env_key())
-    http = http_client(kwargs.get("base_url"), **overrides)
-    return openai.OpenAI(http_client=http, **kwargs)
+        overrides = kwargs.pop("ferryman", {}) or {}
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", kwargs.get("api_key") or _env_key())
+        http = http_client(kwargs.get("base_url"), **overrides)
+        return openai.OpenAI(http_client=http, **kwargs)
 
 
 def AsyncOpenAI(**kwargs: Any) -> openai.AsyncOpenAI:
     """``openai.AsyncOpenAI`` through Ferryman: as :func:`OpenAI`."""
-    import openai
+    with _collector_paused():
+        import openai
 
-    overrides = kwargs.pop("ferryman", {}) or {}
-    kwargs.setdefault("max_retries", 0)
-    kwargs.setdefault("api_key", kwargs.get("api_key") or _env_key())
-    http = async_http_client(kwargs.get("base_url"), **overrides)
-    return openai.AsyncOpenAI(http_client=http, **kwargs)
+        overrides = kwargs.pop("ferryman", {}) or {}
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", kwargs.get("api_key") or _env_key())
+        http = async_http_client(kwargs.get("base_url"), **overrides)
+        return openai.AsyncOpenAI(http_client=http, **kwargs)
 
 
 # Keywords of ``pipeline.build`` that are not settings overrides.
@@ -101,6 +108,21 @@ def _pipeline(base_url: str | httpx2.URL | None, overrides: dict[str, Any]) -> A
         deployment = DeploymentSettings(name="default", base_url=wanted, api_keys=[])
         settings = settings.model_copy(update={"deployments": [deployment]})  # still implicit
     return pipeline.build(settings, **build)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a client is built: the first build imports the SDK,
+    SQLAlchemy and the pipeline (tens of thousands of objects, none of them garbage), and each full
+    collection the imports would set off walks every one of them again (a tenth of a second or
+    more at a cold start). It is turned back on at once, if it was on."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _env_key() -> str:

@@ -116,3 +116,18 @@ def test_a_client_never_closed_leaves_no_open_session(tmp_path):
     assert done.returncode == 0, output
     assert "2 passed" in output
     assert "Unclosed" not in output, output
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_building_a_client_leaves_the_garbage_collector_as_it_found_it(ferryman_client, collector_on):
+    """The collector is paused while a client is built (the imports' full collections cost a cold
+    start a tenth of a second), then left as the application had it."""
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if collector_on else gc.disable()
+        ferryman_client()
+        assert gc.isenabled() is collector_on
+    finally:
+        gc.enable() if was else gc.disable()

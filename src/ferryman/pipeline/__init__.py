@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx2
 
-from ferryman.config import Settings, load
+from ferryman.config import Settings, default_data_dir, load
 from ferryman.pipeline.account import Account
 from ferryman.pipeline.audit import Audit
 from ferryman.pipeline.bounds import Bounds
@@ -38,7 +38,7 @@ from ferryman.pipeline.retry import Retry
 from ferryman.pipeline.route import Route
 from ferryman.pipeline.telemetry import Telemetry
 from ferryman.store import Store, open_store
-from ferryman.tokens import warm
+from ferryman.tokens import cache_in
 from ferryman.upstream import Upstream
 
 ORDER = (Telemetry, Audit, Guard, Bounds, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
@@ -73,9 +73,7 @@ def build(
     pipeline = Pipeline(stages, upstream)
     pipeline.settings = settings  # type: ignore[attr-defined]
     pipeline.store = store  # type: ignore[attr-defined]
-    # Counting tokens (pacing, budgets, estimates) needs the tokenizer, a fraction of a second of
-    # CPU to build: on a thread, started last so as not to slow the building above.
-    warm()
+    cache_in(default_data_dir())  # the tokenizer's parsed ranks, for this start and the next
     return pipeline
 
 

@@ -9,8 +9,8 @@ and ``exchange.output_cap``.
   limits are learned from the replies' ``x-ratelimit-*`` headers: until a lane knows any limit,
   one call at a time goes ahead (a probe) and the rest wait for its headers, so even the first
   burst meets no 429. A lane whose upstream sends no such headers, unseeded, is not paced. The
-  probe does not wait for the tokenizer still being built at a process's start (its prompt counts
-  0 tokens here); any call that may be paced is counted exactly.
+  probe does not wait for the tokenizer (its prompt counts 0 tokens here), which is built on a
+  thread once the probe is back; any call that may be paced is counted exactly.
 - **Corrected live.** Every reply's headers correct the lane (capacity = the advertised limit,
   or a lower seed; level = the upstream's remaining count, less the calls this process sent
   after that one and still has in flight; raised only by a count that leaves out every call the
@@ -55,7 +55,14 @@ from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.buckets import Buckets, Cost, MemoryBuckets, RedisBuckets, Seed, Seen
 from ferryman.pipeline.chain import Handler
 from ferryman.pipeline.retry import is_quota_error, retry_after_s
-from ferryman.tokens import count_request_prompt_tokens, encoding_ready, endpoint_route, max_output_tokens
+from ferryman.tokens import (
+    count_request_prompt_tokens,
+    encoding_name_for_model,
+    encoding_ready,
+    endpoint_route,
+    max_output_tokens,
+    warm,
+)
 
 REFUSED_HEADER = "x-ferryman-refused-by"
 MAX_LANES = 4096  # lanes per event loop (least recently used idle ones evicted)
@@ -248,6 +255,11 @@ class Pacing:
             self._end_probe(lane, probe)
             raise
         pending = lane.back(seq)
+        if probe_to_be:
+            # The tokenizer, which the calls after this one need, built now on a thread: not from
+            # the start, where its fraction of a second of CPU (most of it holding the GIL) would
+            # have slowed the probe itself.
+            warm(encoding_name_for_model(exchange.model))
         try:
             await self._learn(exchange, lane, key, seed, seq, pending, loop.time() - sent_at, reply, cost, probe)
         except Exception:  # never lose a reply over bookkeeping

