@@ -4,7 +4,8 @@
 
 Whole processes, each started fresh (``python -c …``; the median of ``--runs`` runs, runs of the
 variants interleaved so drift on the machine hits them alike), with the Ferryman mock as the
-upstream in its own subprocess and a data directory made (and migrated) before the first run:
+upstream in its own subprocess and a data directory made (and migrated) before the first run, and
+bytecode cached as on a user's machine (``PYTHONDONTWRITEBYTECODE`` is dropped for the runs):
 
 - **``ferryman --help``**: the installed entry point, against ``python -c pass`` (the interpreter's
   own start, the baseline);
@@ -98,6 +99,9 @@ def measure(runs: int, base_url: str, data_dir: str) -> tuple[dict[str, float], 
     """Whole-process medians per variant, and the medians of the in-process marks."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "FERRYMAN_"))}
     env["FERRYMAN_DATA_DIR"] = data_dir
+    # As on a user's machine, bytecode is cached (the warm-up run writes it): a session that sets
+    # PYTHONDONTWRITEBYTECODE would otherwise compile every Ferryman module at every start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     argvs = {name: [sys.executable, "-c", f"BASE = {base_url!r}\n{code}"] for name, code in SCRIPTS.items()}
     argvs["ferryman --help"] = [*_ferryman_command(), "--help"]
     for argv in argvs.values():  # warm the page cache and the bytecode; the data directory is migrated
