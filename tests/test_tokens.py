@@ -113,6 +113,7 @@ def test_encoding_built_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> 
         return real(name)
 
     monkeypatch.setattr(encodings_module, "load_mergeable_ranks", counting)
+    monkeypatch.setattr(encodings_module, "_CACHE_DIR", [])  # a pipeline built earlier may have set one
     encodings_module._build_encoding.cache_clear()
     results: list[tiktoken.Encoding] = []
     threads = [threading.Thread(target=lambda: results.append(get_encoding("cl100k_base"))) for _ in range(8)]
