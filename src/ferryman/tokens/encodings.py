@@ -210,6 +210,8 @@ def warm(name: str = DEFAULT_ENCODING) -> None:
     """Build encoding ``name`` on a daemon thread, once per process, so that the next count
     seldom waits for it (a count meanwhile waits for the build, it never builds twice). Failures
     are left for the count that needs it."""
+    if name in _READY or name in _WARMING:  # the usual case, without the lock (a set read is atomic)
+        return
     with _LOCK:
         if name in _READY or name in _WARMING:
             return
