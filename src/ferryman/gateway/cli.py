@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from ferryman.cli_tables import print_table
 from ferryman.config import Settings, load
 
 KEY_HELP = (
@@ -108,19 +109,7 @@ def _find(keys: Any, ref: str) -> Any:
 
 
 def _print_table(table: Table) -> None:
-    """A table whole: piped or redirected, as wide as its widest row needs (nothing cut, whatever
-    COLUMNS says); on a terminal, in its width, cells folded rather than cut short."""
-    from rich.measure import Measurement
-
-    if out.is_terminal:
-        for column in table.columns:
-            if not column.no_wrap:  # the id column: never folded, never cut (its min_width)
-                column.overflow = "fold"
-        out.print(table)
-        return
-    needed = Measurement.get(out, out.options.update_width(100_000), table).maximum
-    wide = Console(file=out.file, width=max(out.width, needed))  # print(width=…) stops at the console's
-    wide.print(table)
+    print_table(out, table)
 
 
 def _print_json(value: Any) -> None:

@@ -187,3 +187,14 @@ owned_objects = Table(
     Column("created", Float, nullable=False),
 )
 Index("owned_objects_owner", owned_objects.c.owner, owned_objects.c.kind)
+
+# The shutdown dates each upstream reported on ``GET /v1/models`` (ferryman.lifecycle_store): they
+# win over the shipped table, and ``fetched`` says how old they are.
+model_lifecycle = Table(
+    "model_lifecycle",
+    metadata,
+    Column("upstream", String(128), primary_key=True),  # the deployment's name
+    Column("model", String(256), primary_key=True),
+    Column("shutdown_date", String(10)),  # YYYY-MM-DD; None: the upstream names no date
+    Column("fetched", Float, nullable=False),  # unix seconds
+)

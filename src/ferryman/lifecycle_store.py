@@ -1,0 +1,130 @@
+"""The upstreams' own shutdown dates, fetched from ``GET /v1/models`` and cached in the store.
+
+OpenAI sends no ``Sunset`` or ``Deprecation`` header; the one machine-readable signal of a model's
+retirement is ``shutdown_date`` on ``GET /v1/models``. The shipped table (``ferryman.catalogue``)
+is dated and goes stale; this module asks each configured upstream, keeps what it said in the
+``model_lifecycle`` table with the time it was fetched, and hands it to
+:func:`ferryman.catalogue.lifecycle` as the ``upstream`` overrides.
+
+A date an upstream gives wins over the shipped one. A ``null`` does not erase a shipped date:
+OpenAI-compatible servers (and Azure) send ``null`` for every model, which says nothing. Where
+several upstreams date one model differently, the earliest date counts: that is when the first
+of them stops serving it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Connection
+
+from ferryman.catalogue import UpstreamDate, parse_date
+from ferryman.config import Settings
+from ferryman.exchange import Exchange
+from ferryman.store import Store
+from ferryman.store.tables import model_lifecycle
+from ferryman.upstream import Upstream
+
+MAX_MODELS = 10_000  # per upstream: a listing is the upstream's word, but the table stays bounded
+
+
+@dataclass
+class Fetched:
+    """What one upstream answered: its models' shutdown dates, or why there are none."""
+
+    upstream: str
+    dates: dict[str, str | None]  # model id -> YYYY-MM-DD or None
+    error: str | None = None
+
+
+def from_listing(payload: Any) -> dict[str, str | None]:
+    """``{"data": [{"id", "shutdown_date"}, …]}`` → ``{id: "YYYY-MM-DD" | None}``; entries that are
+    not objects with a string id are skipped, dates that are not dates are None."""
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    out: dict[str, str | None] = {}
+    for entry in data if isinstance(data, list) else []:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str) or len(out) >= MAX_MODELS:
+            continue
+        model = entry["id"][:256]
+        date = parse_date(entry.get("shutdown_date"))
+        out[model] = date.isoformat() if date else None
+    return out
+
+
+async def fetch(settings: Settings, transport: Any = None) -> list[Fetched]:
+    """Ask every OpenAI-kind deployment for ``GET /models`` with its own key. Azure deployments
+    list no shutdown dates and are reported as skipped."""
+    upstream = Upstream.from_settings(settings, transport)
+    results: list[Fetched] = []
+    try:
+        for deployment in upstream.deployments:
+            if deployment.settings.kind != "openai":
+                results.append(Fetched(deployment.name, {}, "skipped: Azure lists no shutdown dates"))
+                continue
+            exchange = Exchange.build("GET", "/models", {"accept": "application/json"}, b"")
+            exchange.deployment = deployment
+            try:
+                reply = await upstream(exchange)
+            except Exception as error:  # any transport failure is this upstream's answer, not ours
+                results.append(Fetched(deployment.name, {}, f"{type(error).__name__}: {error}"[:300]))
+                continue
+            body = reply.json()
+            if reply.status != 200:
+                message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+                results.append(Fetched(deployment.name, {}, f"HTTP {reply.status}: {message or 'no message'}"[:300]))
+                continue
+            results.append(Fetched(deployment.name, from_listing(body)))
+    finally:
+        await upstream.aclose()
+    return results
+
+
+def save(conn: Connection, fetched: Fetched, now: float | None = None) -> int:
+    """Replace what ``fetched.upstream`` said before with what it says now; returns the rows."""
+    if fetched.error is not None:
+        return 0
+    now = time.time() if now is None else now
+    conn.execute(delete(model_lifecycle).where(model_lifecycle.c.upstream == fetched.upstream))
+    rows = [
+        {"upstream": fetched.upstream, "model": model, "shutdown_date": date, "fetched": now}
+        for model, date in fetched.dates.items()
+    ]
+    if rows:
+        conn.execute(insert(model_lifecycle), rows)
+    return len(rows)
+
+
+def read(conn: Connection) -> dict[str, UpstreamDate]:
+    """The dated models any upstream reported, earliest date first (see the module docstring)."""
+    out: dict[str, UpstreamDate] = {}
+    query = select(model_lifecycle.c.model, model_lifecycle.c.shutdown_date, model_lifecycle.c.fetched).where(
+        model_lifecycle.c.shutdown_date.is_not(None)
+    )
+    for model, date_text, fetched in conn.execute(query):
+        date = parse_date(date_text)
+        if date is None:
+            continue
+        seen = out.get(model)
+        if seen is None or (seen.shutdown_date is not None and date < seen.shutdown_date):
+            out[model] = UpstreamDate(date, dt.datetime.fromtimestamp(fetched, dt.UTC).date())
+    return out
+
+
+async def load(store: Store) -> dict[str, UpstreamDate]:
+    """:func:`read` on the store's threads (for the pipeline, which never blocks its loop)."""
+    return await store.read(read)
+
+
+async def refresh(settings: Settings, store: Store, transport: Any = None) -> list[Fetched]:
+    """Fetch from every upstream and cache what answered; an upstream that failed keeps its
+    earlier rows (a dead upstream does not erase what is known)."""
+    results = await fetch(settings, transport)
+    for fetched in results:
+        await store.write(functools.partial(save, fetched=fetched))
+    return results
