@@ -9,6 +9,7 @@ decoded here (PNG by hand: zlib + struct) to prove the bars are painted, not onl
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from ferryman import catalogue
 from ferryman.gateway.key_rules import parse_budget
 from ferryman.mock.control_client import MockControl
 from tests.gateway.conftest import ADMIN_KEY
@@ -247,6 +249,40 @@ def test_dashboard_shows_spend_budgets_requests_and_rates(gateway, ferryman_mock
     assert ADMIN_KEY not in page.url
 
 
+def test_retiring_models_in_use_are_listed_from_the_catalogue(gateway, ferryman_mock, page):
+    """The models called lately that retire within 180 days: each row's shutdown date, days left
+    and successor are the catalogue's, its calls and spend the audit log's (computed again here
+    from the recent requests); a model with no shutdown date (the embedding model) is not listed."""
+    gw = gateway()
+    populate(gw, ferryman_mock)
+    api = gw.admin.get("/admin/models/retiring?days=30&within=180").json()
+    today = dt.date.fromisoformat(api["today"])
+    recent = gw.admin.get("/admin/requests?limit=1000").json()["data"]
+    models = sorted({r["model"] for r in recent if r["model"]})
+    expected = {}
+    for model in models:
+        life = catalogue.lifecycle(model)
+        if life and life.shutdown_date and (life.shutdown_date - today).days <= 180:
+            calls = [r for r in recent if r["model"] == model]
+            expected[model] = (life.shutdown_date.isoformat(), life.successor, len(calls))
+    assert {m["model"]: (m["shutdown_date"], m["successor"], m["calls"]) for m in api["data"]} == expected
+    assert "gpt-4o-mini" in expected and "text-embedding-3-small" not in expected
+    for m in api["data"]:
+        spent = sum(Decimal(r["cost_usd"]) for r in recent if r["model"] == m["model"])
+        assert Decimal(m["cost_usd"]) == spent.quantize(Decimal("1e-6"))
+
+    logged_in(page, gw)
+    rows = page.locator("#retiring tbody tr")
+    assert rows.count() == len(expected)
+    for model, (shutdown, successor, calls) in expected.items():
+        row = page.locator(f'#retiring tbody tr[data-model="{model}"]')
+        cells = row.locator("td").all_inner_texts()
+        assert cells[0] == model and cells[1] == shutdown and cells[3] == successor
+        assert cells[2] == str((dt.date.fromisoformat(shutdown) - today).days) and cells[4] == str(calls)
+    assert gw.admin.get("/admin/models/retiring?within=-1").status_code == 400
+    assert gw.admin.get("/admin/models/retiring?soon=1").status_code == 400
+
+
 def test_charts_are_painted(gateway, ferryman_mock, page, tmp_path):
     """A screenshot of each chart holds about as many pixels of the bar colour as its bars cover
     in the layout: the charts render, they are not blank boxes."""
@@ -357,7 +393,7 @@ def populate_long(gw: Any, mock: MockControl) -> None:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_every_table_fits_the_window_with_long_names_and_errors(gateway, ferryman_mock, page, tmp_path, width):
-    """At 1024, 1280 and 1440 px the recent requests table (and the page) fit the window: no
+    """At 1024, 1280 and 1440 px the tables (recent requests, retiring models) and the page fit the window: no
     column is cut off or scrolled out of sight, every header cell shows whole, no cell's text
     spills out of its cell, and the long error shows in its cell with the whole text as its
     tooltip. A screenshot of each width is kept (FERRYMAN_KEEP_SCREENSHOTS=DIR copies it)."""
@@ -376,13 +412,13 @@ def test_every_table_fits_the_window_with_long_names_and_errors(gateway, ferryma
     view = geometry["clientWidth"]
     assert view == width, geometry["clientWidth"]  # no vertical scrollbar eats into it in headless mode
     assert geometry["scrollWidth"] <= view and geometry["bodyScrollWidth"] <= view, geometry  # no sideways page scroll
-    assert [t["id"] for t in geometry["tables"]] == ["requests"]
+    assert [t["id"] for t in geometry["tables"]] == ["retiring", "requests"]
     for table in geometry["tables"]:
         box, wrap = table["table"], table["wrap"]
         assert box["right"] <= view + 0.5, (width, table["id"], box)
         assert wrap["scrollWidth"] <= wrap["clientWidth"], (width, "the table scrolls inside its card", wrap)
         heads = table["heads"]
-        assert [h["text"] for h in heads][-1] == "Error"
+        assert [h["text"] for h in heads][-1] == {"requests": "Error", "retiring": "Date from"}[table["id"]]
         for head in heads:
             assert table["visibleLeft"] - 0.5 <= head["left"] and head["right"] <= table["visibleRight"] + 0.5, (
                 width,

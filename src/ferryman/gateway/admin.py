@@ -18,6 +18,9 @@ secret except the one reply that creates or rotates it.
 - ``GET /admin/budgets``: each key's and team's budget, spent and reserved in the current window
 - ``GET /admin/requests?limit=50``: recent calls (no bodies, no secrets)
 - ``GET /admin/stats?hours=24``: calls, error and 429 rates
+- ``GET /admin/models/retiring?days=30&within=180``: the models called in the last ``days`` that
+  retire within ``within`` days (or have), with calls, spend, shutdown date and successor, from
+  the one lifecycle table (:mod:`ferryman.catalogue`, upstream dates first)
 
 Input is checked strictly, before anything is written (the rules: :mod:`ferryman.gateway.admin_input`).
 """
@@ -35,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ferryman import catalogue, lifecycle_store
 from ferryman.errors import OpenAIError, invalid_url
 from ferryman.gateway.admin_input import (
     KEY_FIELDS,
@@ -142,6 +146,7 @@ class AdminAPI:
             Route("/admin/budgets", g(self.budgets), methods=["GET"]),
             Route("/admin/requests", g(self.requests), methods=["GET"]),
             Route("/admin/stats", g(self.stats), methods=["GET"]),
+            Route("/admin/models/retiring", g(self.retiring), methods=["GET"]),
             # last: any other path or method under /admin answers in OpenAI's shape too
             Route("/admin", g(self.elsewhere), methods=ANY_METHOD),
             Route("/admin/{rest:path}", g(self.elsewhere), methods=ANY_METHOD),
@@ -416,4 +421,40 @@ class AdminAPI:
                 "cost_usd": str(Decimal(row.cost).quantize(Decimal("1e-6"))),
                 "open_streams": self.gateway.proxy.open_streams,
             }
+        )
+
+    async def retiring(self, request: Request) -> Response:
+        check_query(request, frozenset({"days", "within"}))
+        days = int_arg(request, "days", 30, 1, 366)
+        within = int_arg(request, "within", 180, 0, 3650)
+        since = time.time() - days * 86400
+
+        def read(c: Connection) -> tuple[list[Any], dict[str, catalogue.UpstreamDate]]:
+            cost = func.coalesce(func.sum(audit.c.cost_usd), 0).label("cost")
+            query = (
+                select(audit.c.model, func.count().label("calls"), func.max(audit.c.ts).label("last"), cost)
+                .where(audit.c.ts >= since, audit.c.model.is_not(None))
+                .group_by(audit.c.model)
+            )
+            return list(c.execute(query).all()), lifecycle_store.read(c)
+
+        rows, upstream = await self.gateway.store.read(read)
+        today = datetime.now(UTC).date()
+        data = []
+        for row in rows:
+            life = catalogue.lifecycle(row.model, upstream)
+            left = life.days_left(today) if life else None
+            if life is None or left is None or left > within:
+                continue
+            data.append(
+                {
+                    **life.as_json(today),
+                    "calls": int(row.calls),
+                    "last_used": datetime.fromtimestamp(row.last, UTC).isoformat(timespec="seconds"),
+                    "cost_usd": str(Decimal(row.cost).quantize(Decimal("1e-6"))),
+                }
+            )
+        data.sort(key=lambda m: (m["shutdown_date"], m["model"]))
+        return json_response(
+            {"object": "list", "days": days, "within": within, "today": today.isoformat(), "data": data}
         )

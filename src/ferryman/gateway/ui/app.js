@@ -8,6 +8,7 @@ import { barChart, dayChart, plural } from "./charts.js";
 const STORAGE = "ferryman.adminKey";
 const REFRESH_MS = 10000;
 const DAYS = 30;
+const RETIRING_WITHIN_DAYS = 180; // OpenAI gives GA models at least six months' notice
 // a request from an earlier day: its date, short ("Dec 3, 1:27:05 PM"); the tooltip has the ISO time
 const EARLIER = { month: "short", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit" };
 const $ = (id) => document.getElementById(id);
@@ -38,13 +39,14 @@ async function api(path) {
 }
 
 async function load() {
-  const [usage, budgets, requests, stats] = await Promise.all([
+  const [usage, budgets, requests, stats, retiring] = await Promise.all([
     api(`/admin/usage?days=${DAYS}`),
     api("/admin/budgets"),
     api("/admin/requests?limit=50"),
     api("/admin/stats?hours=24"),
+    api(`/admin/models/retiring?days=${DAYS}&within=${RETIRING_WITHIN_DAYS}`),
   ]);
-  return { usage, budgets: budgets.data, requests: requests.data, stats };
+  return { usage, budgets: budgets.data, requests: requests.data, stats, retiring: retiring.data };
 }
 
 // -- session ---------------------------------------------------------------------------------
@@ -149,18 +151,20 @@ function clippedCell(text, className, title = text) {
   return cell;
 }
 
-function render({ usage, budgets, requests, stats }) {
+function render({ usage, budgets, requests, stats, retiring }) {
   renderStats(stats);
   dayChart($("chart-by-day"), usage.by_day, { days: DAYS, money, label: "Spend by day" });
   barChart($("chart-by-model"), usage.by_model, { money, label: "Spend by model" });
   barChart($("chart-by-key"), usage.by_key, { money, label: "Spend by key", id: (r) => r.key_id });
   renderBudgets(budgets);
   renderRequests(requests);
+  renderRetiring(retiring);
 }
 
 function clearData() {
   for (const id of ["stats", "chart-by-day", "chart-by-model", "chart-by-key", "budgets"]) $(id).replaceChildren();
   $("requests").tBodies[0].replaceChildren();
+  $("retiring").tBodies[0].replaceChildren();
   $("updated").textContent = "";
   $("load-error").hidden = true;
   delete document.body.dataset.loaded;
@@ -252,6 +256,35 @@ function renderRequests(rows) {
         node("td", money(r.cost_usd), "num"),
         node("td", r.cache),
         clippedCell(r.error ?? "", "err"),
+      );
+      return tr;
+    }),
+  );
+}
+
+function renderRetiring(rows) {
+  const body = $("retiring").tBodies[0];
+  if (!rows.length) {
+    const cell = node("td", `No model called in the last ${DAYS} days retires within ${RETIRING_WITHIN_DAYS} days.`, "muted");
+    cell.colSpan = 7;
+    const tr = node("tr");
+    tr.append(cell);
+    body.replaceChildren(tr);
+    return;
+  }
+  body.replaceChildren(
+    ...rows.map((m) => {
+      const tr = node("tr");
+      Object.assign(tr.dataset, { model: m.model, daysLeft: String(m.days_left) });
+      tr.className = m.retired ? "failed" : m.days_left <= 30 ? "limited" : "";
+      tr.append(
+        clippedCell(m.model, "model"),
+        node("td", m.shutdown_date),
+        node("td", m.retired ? "retired" : m.days_left.toLocaleString(), "num"),
+        clippedCell(m.successor ?? "–", "model", m.successor ?? "no successor named"),
+        node("td", m.calls.toLocaleString(), "num"),
+        node("td", money(m.cost_usd), "num"),
+        node("td", m.source, "muted"),
       );
       return tr;
     }),
