@@ -116,7 +116,7 @@ def _chain(db: str | None, key: str | None, key_required: bool = True) -> Iterat
         engine.dispose()
 
 
-def _summary(report: Report) -> str:
+def verify_summary(report: Report) -> str:
     if report.ok:
         span = f"seq {report.first_seq}..{report.last_seq}" if report.records else "no records"
         pruned = f"; pruned up to seq {report.prune.seq}" if report.prune else ""
@@ -160,7 +160,7 @@ def verify(
             ).decode()
         )
     else:
-        typer.echo(_summary(report))
+        typer.echo(verify_summary(report))
     raise typer.Exit(INTACT if report.ok else TAMPERED)
 
 
@@ -182,7 +182,7 @@ def prune(
         result = chain.prune(time.time() - seconds)
     if not result.report.ok:
         typer.echo("refusing to prune: the audit log does not verify", err=True)
-        typer.echo(_summary(result.report))
+        typer.echo(verify_summary(result.report))
         raise typer.Exit(TAMPERED)
     if result.deleted:
         typer.echo(f"pruned {result.deleted} records (up to seq {result.seq}); the rest verifies from there")
