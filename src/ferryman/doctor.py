@@ -348,7 +348,8 @@ def check_permissions(settings: Settings) -> Check:
         return Check(name, SKIP, f"no data directory yet at {data_dir}: nothing to check", "", details)
     if not problems:
         where = f", the data directory {data_dir} among them" if folders else ""
-        return Check(name, OK, f"{len(seen)} paths private (0700 folders, 0600 files){where}", "", details)
+        paths = f"{len(seen)} path{'' if len(seen) == 1 else 's'}"
+        return Check(name, OK, f"{paths} private (0700 folders, 0600 files){where}", "", details)
     status = FAIL if any(s == FAIL for s, _, _ in problems) else WARN
     shown = "; ".join(f"{p} {why}" for _, p, why in problems[:4])
     more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
