@@ -20,6 +20,15 @@ from ferryman.mock.conformance import ConformanceRecorder
 # Fails the session if any key or bearer token shows up in logs, metrics, errors or audit rows.
 pytest_plugins = ["tests.leak_guard"]
 
+# The suite calls models OpenAI has retired since (gpt-3.5-turbo, gpt-4, o3-mini, …; gpt-4o-mini
+# shuts down on 2027-01-14), and every mock refuses a model past its shutdown date as OpenAI does.
+# So every mock the suite starts acts as on one date before those: the in-process MockApp, the
+# pytest plugin's server and `ferryman mock` subprocesses (which inherit the environment; those
+# started with a cleaned environment pass this variable on). Set at import, before any mock
+# starts; tests of retirement set their own dates explicitly.
+os.environ.setdefault("FERRYMAN_MOCK_TODAY", "2026-06-01")
+MOCK_TODAY = os.environ["FERRYMAN_MOCK_TODAY"]
+
 POSTGRES_URL = os.environ.get("FERRYMAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FERRYMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 

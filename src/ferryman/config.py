@@ -14,6 +14,7 @@ nearest valid name (see :mod:`ferryman.config_errors`).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -119,6 +120,15 @@ class TelemetrySettings(_Section):
     json_logs: bool = False
 
 
+class LifecycleSettings(_Section):
+    """Models and APIs OpenAI retires (ferryman.pipeline.lifecycle)."""
+
+    on_retired: Literal["pass", "refuse", "successor"] = "pass"  # a call to a model past its shutdown date
+    translate_params: bool = False  # rewrite parameters a reasoning model rejects (max_tokens, temperature)
+    headers: bool = True  # Deprecation, Sunset and Link headers on replies for retiring models and APIs
+    today: dt.date | None = None  # for tests and rehearsals: act as on this date (default: today, UTC)
+
+
 class StoreSettings(_Section):
     url: str | None = None  # SQLAlchemy URL; default SQLite in the user data directory
     redis_url: str | None = None
@@ -170,6 +180,7 @@ class Settings(BaseSettings):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     pricing_file: Path | None = None  # overrides for data/prices.json (same format)

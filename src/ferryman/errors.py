@@ -79,6 +79,17 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
+# Where OpenAI's own refusal of a retired model sends the caller (its wording, kept as it is).
+OPENAI_DEPRECATIONS_URL = "https://platform.openai.com/docs/deprecations"
+
+
+def model_retired(model: str, message: str | None = None) -> OpenAIError:
+    """A model past its shutdown date, as OpenAI refuses it: 404 ``model_not_found`` on ``model``
+    (``message``: other words in the same shape, such as Ferryman's own refusal)."""
+    text = message or f"The model `{model}` has been deprecated, learn more here: {OPENAI_DEPRECATIONS_URL}"
+    return OpenAIError(404, text, "invalid_request_error", "model", "model_not_found")
+
+
 def unparsable_json() -> OpenAIError:
     return invalid_request(
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "

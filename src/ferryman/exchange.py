@@ -31,6 +31,13 @@ TAGS_HEADER = "ferryman-tags"  # team=a,feature=search
 # another key's object), not the upstream's: never retried, never held against a deployment.
 FERRYMAN_MADE = "ferryman_refused"
 
+# In ``Exchange.notes``: what a stage adds to the call's audit record, as entries of its ``tags``
+# whose names start with ``@`` (``@routed_from``): no caller's tag can have such a name (see
+# :func:`parse_tags`; a key's tags are letters, digits and ``_ . -``), so the record tells
+# Ferryman's own notes from the caller's, with no change to the record's fields or its hash.
+AUDIT_TAGS = "audit_tags"
+OWN_TAG = "@"
+
 # Hop-by-hop and transport headers that a proxy must not forward.
 HOP_BY_HOP = frozenset(
     {
@@ -112,12 +119,13 @@ def merged_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 def parse_tags(raw: str | None) -> dict[str, str]:
     """``team=a,feature=search`` → ``{"team": "a", "feature": "search"}``, one canonical way: names
-    lower-cased, the first of a repeated name kept, bad pairs skipped, at most 32 tags."""
+    lower-cased, the first of a repeated name kept, bad pairs (and names starting with ``@``, which
+    are Ferryman's own: :data:`AUDIT_TAGS`) skipped, at most 32 tags."""
     tags: dict[str, str] = {}
     for part in (raw or "").split(",")[:256]:
         key, sep, value = part.partition("=")
         key, value = key.strip().lower()[:64], value.strip()[:256]
-        if sep and key and value and key not in tags and len(tags) < 32:
+        if sep and key and value and not key.startswith(OWN_TAG) and key not in tags and len(tags) < 32:
             tags[key] = value
     return tags
 

@@ -74,6 +74,8 @@ def first_run_env(data_dir: Path, upstream_base_url: str | None = None) -> dict[
             if not k.startswith(("FERRYMAN_", "OPENAI_")) and k.lower() not in proxies
         }
         env.update(FERRYMAN_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+        # but the embedded mock acts on the suite's date (tests/conftest.py), whatever today is
+        env["FERRYMAN_MOCK_TODAY"] = os.environ["FERRYMAN_MOCK_TODAY"]
     env["COLUMNS"] = "1000"  # no wrapped banner lines
     return env
 

@@ -96,6 +96,7 @@ def start_mock(workdir: Path) -> MockProcess:
     log = workdir / f"mock-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FERRYMAN_", "OPENAI_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["FERRYMAN_MOCK_TODAY"] = os.environ["FERRYMAN_MOCK_TODAY"]  # the suite's date (tests/conftest.py)
     command = [sys.executable, "-m", "ferryman.cli", "mock", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)

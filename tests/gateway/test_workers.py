@@ -34,6 +34,7 @@ def clean_env(data_dir: Path) -> dict[str, str]:
         k: v for k, v in os.environ.items() if not k.startswith(("FERRYMAN_", "OPENAI_")) and k.lower() not in proxies
     }
     env.update(FERRYMAN_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", COLUMNS="1000")  # no wrapped banner lines
+    env["FERRYMAN_MOCK_TODAY"] = os.environ["FERRYMAN_MOCK_TODAY"]  # the embedded mock: the suite's date (conftest)
     return env
 
 

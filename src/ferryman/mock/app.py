@@ -1,9 +1,9 @@
 """The mock's ASGI app: one front door that every ``/v1`` request passes through.
 
 In order: request id, route, API key, body (size cap, JSON), validation against OpenAI's spec,
-model check, injected faults, quota, rate limits, the resource's handler; then the headers
-OpenAI sends on every reply and an entry in the request log. Resource modules only declare
-``ENDPOINTS`` and write handlers.
+model check (unknown, or past its shutdown date on the mock's ``today``), injected faults,
+quota, rate limits, the resource's handler; then the headers OpenAI sends on every reply and an
+entry in the request log. Resource modules only declare ``ENDPOINTS`` and write handlers.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from ferryman import errors
-from ferryman.catalogue import lookup
+from ferryman.catalogue import lifecycle, lookup
 from ferryman.errors import OpenAIError
 from ferryman.mock import control, spec
 from ferryman.mock.call import Call, Endpoint, json_response
@@ -307,11 +307,14 @@ class MockApp:
             raise errors.unparsable_json() from None
 
     def check_model(self, model: str) -> None:
-        if lookup(model) is not None and not model.startswith("ft:"):
-            return
-        if model.startswith("ft:") and fine_tuning.serves(self, model):
-            return
-        raise errors.model_not_found(model)
+        """An unknown model is a 404, and so is one past its shutdown date on the mock's ``today``
+        (a fine-tuned model retires with its base), in OpenAI's words for each."""
+        known = lookup(model) is not None if not model.startswith("ft:") else fine_tuning.serves(self, model)
+        if not known:
+            raise errors.model_not_found(model)
+        life = lifecycle(model)
+        if life is not None and life.retired(self.settings.current_date()):
+            raise errors.model_retired(model)
 
     def fault_for(self, request: Request) -> Fault:
         header = request.headers.get(FAULT_HEADER)

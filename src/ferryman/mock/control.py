@@ -5,7 +5,8 @@
     DELETE /_ferryman/requests               forget them
     GET    /_ferryman/settings               current limits, faults, timings
     PATCH  /_ferryman/settings               {"rpm", "tpm", "quota_usd", "latency_ms",
-                                              "batch_seconds", "finetune_seconds"}
+                                              "batch_seconds", "finetune_seconds",
+                                              "today": "YYYY-MM-DD" | null (the real date)}
     PUT    /_ferryman/faults                 {"rules": ["status=500;p=0.1", ...]}
     PUT    /_ferryman/fixtures               {"rules": [{...}, ...]}
     POST   /_ferryman/reset                  everything back to the start settings
@@ -27,11 +28,13 @@ from ferryman.errors import OpenAIError, invalid_request, invalid_url
 from ferryman.mock.call import json_response
 from ferryman.mock.faults import parse_rule
 from ferryman.mock.fixtures import Fixtures
+from ferryman.mock.settings import parse_today
 
 if TYPE_CHECKING:
     from ferryman.mock.app import MockApp
 
 _NUMBERS = ("rpm", "tpm", "quota_usd", "latency_ms", "batch_seconds", "finetune_seconds")
+_SETTABLE = (*_NUMBERS, "today")
 
 
 async def _json(request: Request) -> Any:
@@ -52,7 +55,17 @@ def settings_view(app: MockApp) -> dict[str, Any]:
         "finetune_seconds": s.finetune_seconds,
         "faults": [r.spec for r in s.faults],
         "fixtures": app.fixtures.source,
+        "today": s.today.isoformat() if s.today else None,
     }
+
+
+def _today(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise invalid_request("today must be a date (YYYY-MM-DD) or null.", "today")
+    try:
+        return parse_today(value, "today") if value is not None else None
+    except ValueError as error:
+        raise invalid_request(str(error), "today") from None
 
 
 async def _dispatch(app: MockApp, request: Request) -> Any:
@@ -69,9 +82,12 @@ async def _dispatch(app: MockApp, request: Request) -> Any:
         return settings_view(app)
     if route == ("PATCH", "/settings"):
         body = await _json(request)
-        if not isinstance(body, dict) or set(body) - set(_NUMBERS):
-            raise invalid_request(f"Settings take only {', '.join(_NUMBERS)}.")
+        if not isinstance(body, dict) or set(body) - set(_SETTABLE):
+            raise invalid_request(f"Settings take only {', '.join(_SETTABLE)}.")
+        today = _today(body.get("today"))
         for name, value in body.items():
+            if name == "today":
+                continue
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 raise invalid_request(f"{name} must be a non-negative number or null.", name)
         if "rpm" in body or "tpm" in body:
@@ -84,6 +100,8 @@ async def _dispatch(app: MockApp, request: Request) -> Any:
         for name in ("latency_ms", "batch_seconds", "finetune_seconds"):
             if name in body and body[name] is not None:
                 setattr(app.settings, name, float(body[name]))
+        if "today" in body:
+            app.settings.today = today
         return settings_view(app)
     if route == ("PUT", "/faults"):
         body = await _json(request)

@@ -57,7 +57,8 @@ class MockControl:
         return result
 
     def settings(self, **changes: Any) -> dict[str, Any]:
-        """Read, or change: rpm, tpm, quota_usd, latency_ms, batch_seconds, finetune_seconds."""
+        """Read, or change: rpm, tpm, quota_usd, latency_ms, batch_seconds, finetune_seconds, today
+        (``"YYYY-MM-DD"``, or None for the real date)."""
         result: dict[str, Any] = (
             self._call("PATCH", "/settings", changes) if changes else self._call("GET", "/settings")
         )
@@ -68,6 +69,10 @@ class MockControl:
         if quota_usd is not None:
             changes["quota_usd"] = quota_usd
         self.settings(**changes)
+
+    def set_today(self, today: str | None) -> None:
+        """Act as on this date (``YYYY-MM-DD``; None: the real date) until the next reset."""
+        self.settings(today=today)
 
     def set_faults(self, rules: list[str]) -> None:
         self._call("PUT", "/faults", {"rules": rules})

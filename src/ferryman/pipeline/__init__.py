@@ -7,6 +7,7 @@ The order, outermost first (a stage sees everything inside it as one call)::
     guard       refuses what a front door could not make canonical (paths, oversized headers)
     (gateway)   authenticate the key, intake (read and check the body), ownership of stored objects
     bounds      integers the stages compute with in range (max_tokens, n, …): else 400 invalid_value
+    lifecycle   retiring models and APIs: Deprecation/Sunset headers, metric, log; retired: refuse or successor
     limits      the caller's own RPM/TPM
     budget      reserve the worst case before, settle the real cost after
     cache       exact-match replies, streams replayed
@@ -32,6 +33,7 @@ from ferryman.pipeline.budget import Budget
 from ferryman.pipeline.cache import Cache
 from ferryman.pipeline.chain import Handler, Pipeline, Stage
 from ferryman.pipeline.guard import Guard
+from ferryman.pipeline.lifecycle import ModelLifecycle
 from ferryman.pipeline.limits import CallerLimits
 from ferryman.pipeline.pacing import Pacing
 from ferryman.pipeline.retry import Retry
@@ -41,7 +43,7 @@ from ferryman.store import Store, open_store
 from ferryman.tokens import cache_in
 from ferryman.upstream import Upstream
 
-ORDER = (Telemetry, Audit, Guard, Bounds, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
+ORDER = (Telemetry, Audit, Guard, Bounds, ModelLifecycle, CallerLimits, Budget, Cache, Account, Route, Retry, Pacing)
 
 
 def build(

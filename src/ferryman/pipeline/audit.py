@@ -28,6 +28,10 @@ that could not be recorded: every call is refused with the store's 503 (``disk_f
 ``store_unavailable``, ``retry-after: 1``) and tries to write its refusal's record. The first of
 those that lands (the disk has room again) lets the next call through.
 
+What a stage noted for the record (``notes[AUDIT_TAGS]``, such as the lifecycle stage's
+``@routed_from``) joins the record's ``tags`` under names starting with ``@``, which no caller's
+tag can have: the record's fields, and so its hash, stay as they were.
+
 See :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record` for the bodies.
 """
 
@@ -61,7 +65,7 @@ from ferryman.audit.record import (
 )
 from ferryman.audit.recovery import this_process
 from ferryman.errors import OpenAIError
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import AUDIT_TAGS, OWN_TAG, Exchange, Reply
 from ferryman.pipeline.account import FINISH_NOTE, PRICED, parsed_reply
 from ferryman.pipeline.chain import Handler
 from ferryman.pricing import PriceTable, TokenCounts
@@ -440,9 +444,17 @@ def _known_fields(call: _Call) -> dict[str, Any]:
         "status": call.status,
         "attempts": ex.attempts or (1 if ex.deployment is not None else 0),
         "cache": ex.cache,
-        "tags": {k: redact.secrets(v) for k, v in ex.tags.items()},
+        "tags": {**{k: redact.secrets(v) for k, v in ex.tags.items()}, **_own_tags(ex)},
     }
     return call.known
+
+
+def _own_tags(exchange: Exchange) -> dict[str, str]:
+    """What the stages noted for the record (``AUDIT_TAGS``): ``@``-names only, values capped."""
+    noted = exchange.notes.get(AUDIT_TAGS)
+    if not isinstance(noted, dict):
+        return {}
+    return {k: _cut(str(v), 256) or "" for k, v in noted.items() if isinstance(k, str) and k.startswith(OWN_TAG)}
 
 
 async def _opened(call: _Call) -> None:
