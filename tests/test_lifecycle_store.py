@@ -77,6 +77,14 @@ def test_refresh_from_the_mock_then_a_dead_upstream_keeps_the_rows(tmp_path, fer
     # The mock saw the deployment's own key, not the caller's (there is none).
     assert any(r["path"] == "/v1/models" for r in ferryman_mock.requests())
 
+    # OpenAI announces a date the shipped table does not know: after a refresh, it is the one used.
+    ferryman_mock.set_shutdown_dates({"gpt-6-luna": "2027-06-30", "gpt-4o-mini": "2026-12-20"})
+    asyncio.run(lifecycle_store.refresh(settings, store))
+    known = asyncio.run(lifecycle_store.load(store))
+    luna, mini = catalogue.lifecycle("gpt-6-luna", known), catalogue.lifecycle("gpt-4o-mini", known)
+    assert luna and luna.shutdown_date == dt.date(2027, 6, 30) and luna.source.startswith("upstream ")
+    assert mini and mini.shutdown_date == dt.date(2026, 12, 20) and mini.successor == "gpt-6-luna"
+
     dead = _settings(tmp_path, ("mock", _dead_url()))
     failed = asyncio.run(lifecycle_store.refresh(dead, store))
     assert failed[0].error and "Connect" in failed[0].error

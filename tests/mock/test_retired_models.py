@@ -123,3 +123,29 @@ def test_ferryman_mock_refuses_a_bad_today():
         check=False,
     )
     assert done.returncode == 2 and "--today: 'tomorrow' is not a date" in done.stderr
+
+
+def test_announced_shutdown_dates_are_served_enforced_and_reset(ferryman_mock):
+    """A date announced at run time shows on GET /v1/models (list and retrieve) over the shipped
+    one, is enforced from that day on the mock's date, and a reset forgets it."""
+    client = ferryman_mock.client
+    ferryman_mock.settings(today="2026-12-01")
+    ferryman_mock.set_shutdown_dates({"gpt-6-luna": "2026-12-01", "gpt-4o": None})
+    listed = {m.id: m.model_dump().get("shutdown_date") for m in client.models.list().data}
+    assert listed["gpt-6-luna"] == "2026-12-01" and listed["gpt-4o"] is None
+    assert client.models.retrieve("gpt-6-luna").model_dump()["shutdown_date"] == "2026-12-01"
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.chat.completions.create(model="gpt-6-luna", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "model_not_found"
+    # gpt-4o's shipped date (2027-01-14) is not in force on 2026-12-01 either way: still served
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    ferryman_mock.reset()
+    assert client.models.retrieve("gpt-6-luna").model_dump()["shutdown_date"] is None
+
+
+@pytest.mark.parametrize(
+    "body", [{"dates": {"gpt-4o": "soon"}}, {"dates": {"gpt-4o": 5}}, {"dates": []}, {"other": {}}]
+)
+def test_bad_announced_dates_are_refused_in_openais_shape(ferryman_mock, body):
+    reply = httpx2.put(ferryman_mock.url + "/_ferryman/shutdown_dates", json=body, timeout=10)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "dates"

@@ -29,7 +29,7 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from ferryman import errors
-from ferryman.catalogue import lifecycle, lookup
+from ferryman.catalogue import UpstreamDate, lifecycle, lookup
 from ferryman.errors import OpenAIError
 from ferryman.mock import control, spec
 from ferryman.mock.call import Call, Endpoint, json_response
@@ -312,9 +312,14 @@ class MockApp:
         known = lookup(model) is not None if not model.startswith("ft:") else fine_tuning.serves(self, model)
         if not known:
             raise errors.model_not_found(model)
-        life = lifecycle(model)
+        life = lifecycle(model, self.announced())
         if life is not None and life.retired(self.settings.current_date()):
             raise errors.model_retired(model)
+
+    def announced(self) -> dict[str, UpstreamDate]:
+        """The shutdown dates announced at run time, as the catalogue takes an upstream's."""
+        today = self.settings.current_date()
+        return {model: UpstreamDate(date, today) for model, date in self.settings.shutdown_dates.items()}
 
     def fault_for(self, request: Request) -> Fault:
         header = request.headers.get(FAULT_HEADER)

@@ -9,6 +9,8 @@
                                               "today": "YYYY-MM-DD" | null (the real date)}
     PUT    /_ferryman/faults                 {"rules": ["status=500;p=0.1", ...]}
     PUT    /_ferryman/fixtures               {"rules": [{...}, ...]}
+    PUT    /_ferryman/shutdown_dates         {"dates": {"gpt-4o": "2027-01-01", ...}}: announced
+                                              dates over the shipped table's (GET /v1/models, refusals)
     POST   /_ferryman/reset                  everything back to the start settings
 
 Faults and fixtures sent here are validated like the CLI's; a bad one is a 400 in OpenAI's
@@ -56,6 +58,7 @@ def settings_view(app: MockApp) -> dict[str, Any]:
         "faults": [r.spec for r in s.faults],
         "fixtures": app.fixtures.source,
         "today": s.today.isoformat() if s.today else None,
+        "shutdown_dates": {m: d.isoformat() if d else None for m, d in s.shutdown_dates.items()},
     }
 
 
@@ -66,6 +69,22 @@ def _today(value: Any) -> Any:
         return parse_today(value, "today") if value is not None else None
     except ValueError as error:
         raise invalid_request(str(error), "today") from None
+
+
+def _shutdown_dates(body: Any) -> dict[str, Any]:
+    """``{"dates": {"gpt-4o": "2027-01-01", "o3": null}}`` → model → date or None (no date)."""
+    dates = body.get("dates") if isinstance(body, dict) else None
+    if not isinstance(dates, dict) or len(dates) > 10_000:
+        raise invalid_request('Send {"dates": {"MODEL": "YYYY-MM-DD" or null, ...}}.', "dates")
+    out: dict[str, Any] = {}
+    for model, value in dates.items():
+        if value is not None and not isinstance(value, str):
+            raise invalid_request(f"The date for {model[:100]!r} must be YYYY-MM-DD or null.", "dates")
+        try:
+            out[model] = parse_today(value, f"dates.{model[:100]}") if value is not None else None
+        except ValueError as error:
+            raise invalid_request(str(error), "dates") from None
+    return out
 
 
 async def _dispatch(app: MockApp, request: Request) -> Any:
@@ -112,6 +131,9 @@ async def _dispatch(app: MockApp, request: Request) -> Any:
         return settings_view(app)
     if route == ("PUT", "/fixtures"):
         app.fixtures = Fixtures.parse(await _json(request))
+        return settings_view(app)
+    if route == ("PUT", "/shutdown_dates"):
+        app.settings.shutdown_dates = _shutdown_dates(await _json(request))
         return settings_view(app)
     if route == ("POST", "/reset"):
         app.reset()

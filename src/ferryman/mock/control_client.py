@@ -74,6 +74,11 @@ class MockControl:
         """Act as on this date (``YYYY-MM-DD``; None: the real date) until the next reset."""
         self.settings(today=today)
 
+    def set_shutdown_dates(self, dates: dict[str, str | None]) -> None:
+        """Announce shutdown dates (``"YYYY-MM-DD"``, or None for none) over the shipped table's:
+        served on ``GET /v1/models`` and enforced from that date, until :meth:`reset`."""
+        self._call("PUT", "/shutdown_dates", {"dates": dates})
+
     def set_faults(self, rules: list[str]) -> None:
         self._call("PUT", "/faults", {"rules": rules})
 

@@ -52,6 +52,10 @@ class MockSettings:
     request_log_size: int = 100_000  # how many requests the control API remembers
     # The date the mock acts on (None: the real date, UTC); by default FERRYMAN_MOCK_TODAY's.
     today: dt.date | None = field(default_factory=today_from_env)
+    # Shutdown dates announced at run time (PUT /_ferryman/shutdown_dates), over the shipped table's:
+    # served on GET /v1/models and enforced, as OpenAI starts sending a date before the model goes.
+    # Replaced whole, never changed in place (reset() copies the settings shallowly).
+    shutdown_dates: dict[str, dt.date | None] = field(default_factory=dict)
 
     def current_date(self) -> dt.date:
         return self.today or dt.datetime.now(dt.UTC).date()

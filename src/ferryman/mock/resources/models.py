@@ -26,8 +26,17 @@ def _fine_tuned(call: Call) -> list[dict[str, Any]]:
     return out
 
 
+def _dated(call: Call, entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with a shutdown date announced at run time (``PUT /_ferryman/shutdown_dates``)."""
+    announced = call.app.settings.shutdown_dates
+    if entry["id"] in announced:
+        date = announced[entry["id"]]
+        return {**entry, "shutdown_date": date.isoformat() if date else None}
+    return entry
+
+
 async def list_models(call: Call) -> Any:
-    data = [info.as_openai() for info in models().values()] + _fine_tuned(call)
+    data = [_dated(call, info.as_openai()) for info in models().values()] + _fine_tuned(call)
     return json_response({"object": "list", "data": data})
 
 
@@ -35,11 +44,11 @@ async def retrieve(call: Call) -> Any:
     model = call.path_params["model"]
     for entry in _fine_tuned(call):
         if entry["id"] == model:
-            return json_response(entry)
+            return json_response(_dated(call, entry))
     info = lookup(model)
     if info is None or model.startswith("ft:"):
         raise errors.model_not_found(model)
-    return json_response(info.as_openai())
+    return json_response(_dated(call, info.as_openai()))
 
 
 async def delete(call: Call) -> Any:
