@@ -29,6 +29,10 @@ import httpx2
 HOST = "127.0.0.1"
 T = TypeVar("T")
 
+# The benchmarks call gpt-4o-mini, which shuts down on 2027-01-14: every mock they start (each a
+# subprocess of this one) acts on a date before that, so a benchmark measures speed, not a refusal.
+os.environ.setdefault("FERRYMAN_MOCK_TODAY", "2026-06-01")
+
 # -- servers in subprocesses --------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_DEADLINE_S = 900.0  # clone to the first printed key: pip in a fresh venv, with a cold cache
+MODEL = "gpt-6-luna"  # no shutdown date in the shipped table
 
 
 def readme_commands() -> list[str]:
@@ -141,9 +142,11 @@ def test_the_readme_s_two_commands_work_from_a_fresh_clone(first_command, clone,
     assert base_url == f"http://127.0.0.1:{port}/v1"
 
     # The exports, with the official SDK: a reply from the embedded emulator, through the gateway.
+    # A newcomer's run has no FERRYMAN_MOCK_TODAY: the emulator acts on the real date, so the model
+    # is one with no shutdown date (gpt-4o-mini's successor), not one that retires under the test.
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
     reply = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_completion_tokens=16
     )
     assert reply.choices[0].message.content and reply.usage is not None and reply.usage.total_tokens > 0
 
@@ -157,7 +160,7 @@ def test_the_readme_s_two_commands_work_from_a_fresh_clone(first_command, clone,
     key_file = tmp_path / "data" / "admin.key"
     assert key_file.read_text().strip() == admin_key and key_file.stat().st_mode & 0o777 == 0o600
     shown = dashboard_rows(ui, admin_key)
-    assert any("gpt-4o-mini" in row for row in shown), shown
+    assert any(MODEL in row for row in shown), shown
 
     os.killpg(process.pid, signal.SIGTERM)  # the documented stop: a drain, then exit 0
     assert process.wait(timeout=60) == 0, lines.tail()
