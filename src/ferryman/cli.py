@@ -33,6 +33,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("ferryman.audit.cli:app", "Verify, prune and export the audit log."),
     "keys": ("ferryman.gateway.cli:keys_app", "Create, list, rotate and revoke the gateway's virtual keys."),
     "teams": ("ferryman.gateway.cli:teams_app", "Limits and budgets shared by every key of a team."),
+    "lint": (
+        "ferryman.lint.cli:lint",
+        "Audit Python code that calls the OpenAI API: retiring models, rejected parameters, retries, keys.",
+    ),
+    "models": (
+        "ferryman.models_cli:models",
+        "List the models Ferryman knows, with shutdown dates, successors and where each date came from.",
+    ),
+    "doctor": (
+        "ferryman.doctor_cli:doctor",
+        "Check a live setup: upstreams and keys, models, rate limits, SDK, prices, store, audit, files.",
+    ),
 }
 
 
@@ -152,6 +164,14 @@ def mock(
         typer.Option(help="Keep files, batches and jobs in this directory across restarts.", file_okay=False),
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body accepted, in MiB.", min=0.001)] = 32.0,
+    today: Annotated[
+        str | None,
+        typer.Option(
+            help="Act as on this date (YYYY-MM-DD): models past their shutdown date are refused as OpenAI "
+            "refuses them (default: the real date).",
+            envvar="FERRYMAN_MOCK_TODAY",
+        ),
+    ] = None,
 ) -> None:
     """Run the OpenAI API emulator (chat, responses, embeddings, files, batches, fine-tuning...).
 
@@ -160,12 +180,17 @@ def mock(
     from ferryman.mock.app import MockApp
     from ferryman.mock.faults import parse_rule
     from ferryman.mock.server import serve
-    from ferryman.mock.settings import MockSettings
+    from ferryman.mock.settings import MockSettings, parse_today
 
     try:
         rules = [parse_rule(spec) for spec in fault or []]
     except OpenAIError as error:
         err.print(f"[red]error:[/red] --fault: {error.message}")
+        raise typer.Exit(2) from None
+    try:
+        acting_on = parse_today(today, "--today") if today else None
+    except ValueError as error:
+        err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     if state is not None:
         from ferryman.files import private_dir
@@ -183,6 +208,7 @@ def mock(
         fixtures_path=fixtures,
         state_dir=state,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        today=acting_on,
     )
     try:
         mock_app = MockApp(settings)
