@@ -48,6 +48,7 @@ RUNTIME_VARIABLES = frozenset(
         "FERRYMAN_EMBEDDED_MOCK_KEY",  # ferryman serve's embedded mock (gateway.serve_cli)
         "FERRYMAN_MOCK_KEYS",  # ferryman mock --keys
         "FERRYMAN_MOCK_TODAY",  # the date the mock acts on (ferryman mock --today, MockSettings.today)
+        "FERRYMAN_LINT_CORPUS",  # where scripts/lint_corpus.py keeps the downloaded sdists
         "FERRYMAN_LOOP",  # asyncio instead of uvloop (ferryman._loop)
     }
 )
