@@ -287,11 +287,14 @@ class ApiRetirement:
     successor: str | None
 
     def covers(self, method: str, path: str) -> bool:
+        """``/v1/assistants`` covers every method on it and below it; ``POST /v1/fine_tuning/jobs``
+        only that call (creating a job), not the job's own paths (cancel, events, checkpoints)."""
         for entry in self.paths:
             want_method, _, prefix = entry.rpartition(" ")
-            if want_method and want_method != method.upper():
-                continue
-            if path == prefix or path.startswith(prefix + "/"):
+            if want_method:
+                if want_method == method.upper() and path == prefix:
+                    return True
+            elif path == prefix or path.startswith(prefix + "/"):
                 return True
         return False
 
