@@ -143,10 +143,11 @@ def test_the_readme_s_two_commands_work_from_a_fresh_clone(first_command, clone,
 
     # The exports, with the official SDK: a reply from the embedded emulator, through the gateway.
     # A newcomer's run has no FERRYMAN_MOCK_TODAY: the emulator acts on the real date, so the model
-    # is one with no shutdown date (gpt-4o-mini's successor), not one that retires under the test.
+    # is one with no shutdown date (gpt-4o-mini's successor), not one that retires under the test;
+    # it reasons, and its cap holds the reasoning tokens as well as the answer.
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_completion_tokens=16
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_completion_tokens=400
     )
     assert reply.choices[0].message.content and reply.usage is not None and reply.usage.total_tokens > 0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from ferryman.catalogue import is_reasoning
 from ferryman.errors import invalid_request
 from ferryman.mock import generate
 from ferryman.mock.fixtures import Fixtures
@@ -19,7 +20,6 @@ from ferryman.mock.state import new_id
 from ferryman.tokens import count_text, get_encoding
 from ferryman.tokens import encoding_name_for_model as _encoding_name
 
-REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "gpt-6")
 _EFFORT_TOKENS = {"none": 0, "minimal": 0, "low": 32, "medium": 96, "high": 256, "xhigh": 512}
 
 
@@ -85,8 +85,9 @@ def truncate_tokens(text: str, limit: int, model: str) -> str:
 
 
 def reasoning_tokens(model: str, effort: Any) -> int:
-    base = model.removeprefix("ft:").split(":")[0]
-    if not base.startswith(REASONING_PREFIXES) or "chat" in base:
+    """What a reasoning model (the catalogue's families: :func:`ferryman.catalogue.is_reasoning`)
+    spends on reasoning at ``effort``; 0 for a model that does not reason."""
+    if not is_reasoning(model):
         return 0
     return _EFFORT_TOKENS.get(effort if isinstance(effort, str) else "medium", 96)
 
