@@ -9,6 +9,7 @@ need the end of a stream wrap ``Reply.stream`` and see it as the caller does.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -91,6 +92,15 @@ class Principal:
     # The tags this caller's calls bill to (budget scopes ``tag:…``), set by who issued the key;
     # None (the process itself): the ``ferryman-tags`` header's.
     billing_tags: tuple[tuple[str, str], ...] | None = None
+
+    def allows(self, model: str | None) -> bool:
+        """Whether this caller may use ``model``: one of its globs matches, case and all, as
+        OpenAI's model ids are case-sensitive (no globs: any model; no model: nothing to refuse).
+        One rule here for every stage that picks a model, the gateway's intake (the model asked
+        for) and the lifecycle stage (a successor it would send the call to) alike."""
+        if self.models is None or model is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
 # A gateway caller before (or without) a valid virtual key: what its refusals are recorded as.

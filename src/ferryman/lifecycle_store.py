@@ -10,28 +10,50 @@ A date an upstream gives wins over the shipped one. A ``null`` does not erase a 
 OpenAI-compatible servers (and Azure) send ``null`` for every model, which says nothing. Where
 several upstreams date one model differently, the earliest date counts: that is when the first
 of them stops serving it.
+
+A listing is the upstream's word, taken as it is, within bounds: at most :data:`MAX_LISTING_BYTES`
+read (a larger one is that upstream's error, and its earlier rows stay), at most
+:data:`MAX_MODELS` models; an id that is not a plain model id (not a string, longer than 256
+characters, spaces, control or non-ASCII characters, or shaped like a secret) is skipped rather
+than cut or cleaned, since it becomes a metric label and a log field; a date before OpenAI's API
+existed (:data:`EARLIEST`: ``1970-01-01``, ``0001-01-01`` are placeholders, not dates) says
+nothing, like a ``null``. A plausible date is believed even when it is in the past for a model the
+upstream still serves: OpenAI lists a model after its shutdown too, so Ferryman cannot tell, and
+with ``lifecycle.on_retired = "refuse"`` such a listing refuses those calls. ``ferryman models``
+shows each date's source (``upstream <day fetched>``); a later refresh without the date takes it
+back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
+from ferryman import redact
 from ferryman.catalogue import UpstreamDate, parse_date
 from ferryman.config import Settings
 from ferryman.exchange import Exchange
 from ferryman.store import Store
 from ferryman.store.tables import model_lifecycle
-from ferryman.upstream import Upstream
+from ferryman.upstream import Deployment, Upstream
 
 MAX_MODELS = 10_000  # per upstream: a listing is the upstream's word, but the table stays bounded
+MAX_LISTING_BYTES = 16 * 1024 * 1024  # OpenAI's listing is tens of KiB; a compatible server's, a few MiB
+EARLIEST = dt.date(2020, 1, 1)  # no OpenAI model shut down before its API opened (June 2020)
+_MODEL_ID = re.compile(r"[!-~]{1,256}")  # printable ASCII, no spaces: what a model id is everywhere
+
+
+class ListingTooLarge(Exception):
+    pass
 
 
 @dataclass
@@ -45,16 +67,37 @@ class Fetched:
 
 def from_listing(payload: Any) -> dict[str, str | None]:
     """``{"data": [{"id", "shutdown_date"}, …]}`` → ``{id: "YYYY-MM-DD" | None}``; entries that are
-    not objects with a string id are skipped, dates that are not dates are None."""
+    not objects with a plain model id are skipped, dates that are not (plausible) dates are None;
+    the first :data:`MAX_MODELS` models (see the module's docstring)."""
     data = payload.get("data") if isinstance(payload, Mapping) else None
     out: dict[str, str | None] = {}
     for entry in data if isinstance(data, list) else []:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str) or len(out) >= MAX_MODELS:
+        if len(out) >= MAX_MODELS:
+            break
+        model = entry.get("id") if isinstance(entry, Mapping) else None
+        if not isinstance(model, str) or not _MODEL_ID.fullmatch(model) or redact.secrets(model) != model:
             continue
-        model = entry["id"][:256]
         date = parse_date(entry.get("shutdown_date"))
-        out[model] = date.isoformat() if date else None
+        out[model] = date.isoformat() if date and date >= EARLIEST else None
     return out
+
+
+async def _listing(deployment: Deployment, exchange: Exchange) -> tuple[int, Any]:
+    """The status and parsed body of ``GET /models``, read up to :data:`MAX_LISTING_BYTES`
+    (decoded: a compressed bomb is cut as soon as it grows past it)."""
+    answer = await deployment.sender.send(exchange, deployment)
+    body = bytearray()
+    try:
+        async for chunk in answer.chunks():
+            body.extend(chunk)
+            if len(body) > MAX_LISTING_BYTES:
+                raise ListingTooLarge(f"the listing is larger than {MAX_LISTING_BYTES // (1024 * 1024)} MiB")
+    finally:
+        await answer.aclose()
+    try:
+        return answer.status, orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return answer.status, None
 
 
 async def fetch(settings: Settings, transport: Any = None) -> list[Fetched]:
@@ -70,14 +113,15 @@ async def fetch(settings: Settings, transport: Any = None) -> list[Fetched]:
             exchange = Exchange.build("GET", "/models", {"accept": "application/json"}, b"")
             exchange.deployment = deployment
             try:
-                reply = await upstream(exchange)
+                status, body = await _listing(deployment, exchange)
             except Exception as error:  # any transport failure is this upstream's answer, not ours
-                results.append(Fetched(deployment.name, {}, f"{type(error).__name__}: {error}"[:300]))
+                results.append(Fetched(deployment.name, {}, redact.secrets(f"{type(error).__name__}: {error}")[:300]))
                 continue
-            body = reply.json()
-            if reply.status != 200:
-                message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-                results.append(Fetched(deployment.name, {}, f"HTTP {reply.status}: {message or 'no message'}"[:300]))
+            if status != 200:
+                error_body = body.get("error") if isinstance(body, dict) else None
+                message = error_body.get("message") if isinstance(error_body, dict) else None
+                shown = redact.secrets(str(message or "no message"))
+                results.append(Fetched(deployment.name, {}, f"HTTP {status}: {shown}"[:300]))
                 continue
             results.append(Fetched(deployment.name, from_listing(body)))
     finally:

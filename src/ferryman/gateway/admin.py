@@ -20,7 +20,8 @@ secret except the one reply that creates or rotates it.
 - ``GET /admin/stats?hours=24``: calls, error and 429 rates
 - ``GET /admin/models/retiring?days=30&within=180``: the models called in the last ``days`` that
   retire within ``within`` days (or have), with calls, spend, shutdown date and successor, from
-  the one lifecycle table (:mod:`ferryman.catalogue`, upstream dates first)
+  the one lifecycle table (:mod:`ferryman.catalogue`, upstream dates first), on the date the
+  lifecycle stage acts on; at most 1,000 rows, ``truncated: true`` when more were called
 
 Input is checked strictly, before anything is written (the rules: :mod:`ferryman.gateway.admin_input`).
 """
@@ -66,12 +67,18 @@ from ferryman.gateway.auth import admin_matches, presented_key
 from ferryman.gateway.key_lookup import KeyAmbiguous, NameTaken
 from ferryman.gateway.keys import KeyError_, billing_tags
 from ferryman.pipeline.budget import Budget, window_of
+from ferryman.pipeline.lifecycle import ModelLifecycle
 from ferryman.store.tables import audit
 
 if TYPE_CHECKING:
     from ferryman.gateway.app import Gateway
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+# GET /admin/models/retiring: rows listed at most, and fine-tuned models' rows read at most
+# (their names are the callers': each invented one is audited, and would be a row).
+RETIRING_MAX = 1000
+RETIRING_SCAN = 5000
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -424,22 +431,35 @@ class AdminAPI:
         )
 
     async def retiring(self, request: Request) -> Response:
+        """Bounded however many model names callers invent (each is audited): only the models with
+        a shutdown date are read, by name, and the fine-tuned ones (whose names are the callers')
+        the :data:`RETIRING_SCAN` called most; at most :data:`RETIRING_MAX` rows, the most called,
+        ``truncated`` saying when some were left out. Today is the one the lifecycle stage acts
+        on (``lifecycle.today`` in a rehearsal)."""
         check_query(request, frozenset({"days", "within"}))
         days = int_arg(request, "days", 30, 1, 366)
         within = int_arg(request, "within", 180, 0, 3650)
         since = time.time() - days * 86400
+        stage = self.gateway.pipeline.stage(ModelLifecycle)
+        today = stage.today() if isinstance(stage, ModelLifecycle) else datetime.now(UTC).date()
 
-        def read(c: Connection) -> tuple[list[Any], dict[str, catalogue.UpstreamDate]]:
+        def read(c: Connection) -> tuple[list[Any], bool, dict[str, catalogue.UpstreamDate]]:
+            upstream = lifecycle_store.read(c)
+            names = sorted({life.model for life in catalogue.retiring(today, within, upstream)})
             cost = func.coalesce(func.sum(audit.c.cost_usd), 0).label("cost")
-            query = (
-                select(audit.c.model, func.count().label("calls"), func.max(audit.c.ts).label("last"), cost)
-                .where(audit.c.ts >= since, audit.c.model.is_not(None))
-                .group_by(audit.c.model)
-            )
-            return list(c.execute(query).all()), lifecycle_store.read(c)
+            columns = (audit.c.model, func.count().label("calls"), func.max(audit.c.ts).label("last"), cost)
+            called = select(*columns).where(audit.c.ts >= since).group_by(audit.c.model)
+            rows: list[Any] = []
+            for at in range(0, len(names), 500):  # bound parameters per statement
+                rows.extend(c.execute(called.where(audit.c.model.in_(names[at : at + 500]))).all())
+            tuned = called.where(audit.c.model.like("ft:%"))
+            tuned = tuned.order_by(func.count().desc(), audit.c.model).limit(RETIRING_SCAN + 1)
+            found = list(c.execute(tuned).all())
+            dated = set(names)  # an upstream may date a fine-tuned model itself: read above already
+            rows.extend(row for row in found[:RETIRING_SCAN] if row.model not in dated)
+            return rows, len(found) > RETIRING_SCAN, upstream
 
-        rows, upstream = await self.gateway.store.read(read)
-        today = datetime.now(UTC).date()
+        rows, truncated, upstream = await self.gateway.store.read(read)
         data = []
         for row in rows:
             life = catalogue.lifecycle(row.model, upstream)
@@ -454,7 +474,17 @@ class AdminAPI:
                     "cost_usd": str(Decimal(row.cost).quantize(Decimal("1e-6"))),
                 }
             )
+        if len(data) > RETIRING_MAX:
+            truncated = True
+            data = sorted(data, key=lambda m: (-m["calls"], m["model"]))[:RETIRING_MAX]
         data.sort(key=lambda m: (m["shutdown_date"], m["model"]))
         return json_response(
-            {"object": "list", "days": days, "within": within, "today": today.isoformat(), "data": data}
+            {
+                "object": "list",
+                "days": days,
+                "within": within,
+                "today": today.isoformat(),
+                "data": data,
+                "truncated": truncated,
+            }
         )

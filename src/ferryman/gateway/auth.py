@@ -4,12 +4,12 @@ The key comes as ``Authorization: Bearer fm-…`` (what every OpenAI SDK sends) 
 fm-…`` (Azure-style clients). Refusals are OpenAI's 401s, and never echo the key: a wrong key,
 a revoked one and an expired one each say what happened, nothing more. Authentication is a
 pipeline stage (:class:`Authenticate`), so refusals are audited like calls. A key's allowed
-models (globs) travel on its principal; the intake stage checks them (403).
+models (globs) travel on its principal (:meth:`~ferryman.exchange.Principal.allows`); the intake
+stage checks the model asked for (403), the lifecycle stage a successor it would send the call to.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import time
 
@@ -103,9 +103,9 @@ class Authenticate:
 
 
 def model_allowed(principal: Principal, model: str | None) -> bool:
-    if principal.models is None or model is None:
-        return True
-    return any(fnmatch.fnmatchcase(model, pattern) for pattern in principal.models)
+    """The key's allowed models (:meth:`Principal.allows`, where the rule lives so that the
+    pipeline's stages, which never import the gateway, apply the same one)."""
+    return principal.allows(model)
 
 
 def model_refused(model: str) -> OpenAIError:

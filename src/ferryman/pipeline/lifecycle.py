@@ -8,9 +8,11 @@ operator through a metric and a log line. The dates come from :func:`ferryman.ca
 (the upstream's own dates, cached in the store by ``ferryman models --refresh``, win over the
 shipped table; they are read when the pipeline is built and again once an hour).
 
-For a model with a shutdown date (the model as the caller named it: an alias of
-``routing.aliases`` is not a model and is not checked), and for a retiring API
-(:func:`ferryman.catalogue.api_retirement`, e.g. ``/v1/assistants``):
+For a model with a shutdown date (the model as the caller named it, exactly: OpenAI's model ids
+are case-sensitive, so ``GPT-4O-MINI`` or ``" gpt-4o-mini"`` is another model, one no upstream
+serves; a name of ``routing.aliases`` is the operator's and is not checked, even one named after a
+retired model, ``gpt-4o-mini = ["gpt-6-luna"]``, the way to move callers off it), and for a
+retiring API (:func:`ferryman.catalogue.api_retirement`, e.g. ``/v1/assistants``):
 
 - **headers** (``lifecycle.headers``), on every reply, success or error, plain or streamed:
   ``Deprecation: @<unix seconds>`` (RFC 9745, a structured-field date), ``Sunset: <HTTP-date>``
@@ -18,7 +20,13 @@ For a model with a shutdown date (the model as the caller named it: an alias of
   ``<…/models/SUCCESSOR>; rel="successor-version"`` (RFC 5829). OpenAI publishes the shutdown
   date, not the day it announced one, so the Deprecation date is the shutdown date as well: a
   client is told "deprecated by then, gone then", never earlier than it can be shown. When a call
-  concerns both a retiring model and a retiring API, the dates are the earlier shutdown's.
+  concerns both a retiring model and a retiring API, the dates are the earlier shutdown's. One of
+  each: ours replace an upstream's own ``Deprecation`` and ``Sunset`` (they are the dates this
+  stage acts on, the upstream's listed ones included); an upstream's ``Link`` is kept, ours added
+  after it unless it carries them already (a Ferryman upstream). The successor's name is quoted
+  into its URL, so nothing in it can end the URL or the header. The stages inside this one (the
+  budget's 429, a cache hit) get the headers too; a refusal before it (a key, the intake, bounds)
+  or a call that ends without a reply (no upstream answered: the front door's 502) does not.
 - **a metric**: ``ferryman_retiring_model_calls_total{model,shutdown_date}`` and
   ``ferryman_retiring_api_calls_total{api,shutdown_date}`` (in the telemetry registry, when
   ``telemetry.prometheus`` is on; ``model`` is labelled as the telemetry stage labels it);
@@ -34,8 +42,16 @@ After a model's shutdown date (``lifecycle.today``, else today in UTC), ``lifecy
 - ``successor``: the body's ``model`` becomes the successor (before limits, budgets and the cache,
   so the successor's price and cache key apply), with the parameters the successor rejects
   translated as below. A model without a successor, one whose successor is retired too or not a
-  model Ferryman knows, a fine-tuned model (its successor is not a fine-tune) and a body that is
-  not JSON are refused as with ``refuse``, the message saying why.
+  model Ferryman knows, a fine-tuned model (its successor is not a fine-tune), a successor the
+  caller may not use (a virtual key's allowed models, :meth:`ferryman.exchange.Principal.allows`,
+  hold for the model the call would go to as for the one it names: else a key limited to
+  ``gpt-4o-mini`` would reach ``gpt-6-luna``) and a body that is not JSON are refused as with
+  ``refuse``, the message naming both models and saying why.
+
+What the stage does not see: the lines of a Batch API input file (``POST /v1/batches`` names a
+file, not a model; the file was uploaded earlier, perhaps before the shutdown date), which go as
+written and fail line by line upstream; and the targets of an alias (the route stage picks them:
+a retired model listed there reaches the upstream).
 
 ``lifecycle.translate_params`` translates, for any call, the parameters a reasoning model rejects
 with a 400 (:func:`ferryman.catalogue.rejected_params`): ``max_tokens`` becomes
@@ -45,8 +61,9 @@ default is dropped. Routing to a successor always does this for the successor.
 What the stage did is kept in ``exchange.notes["lifecycle"]`` and in the call's audit record, as
 tags of Ferryman's own (:data:`ferryman.exchange.AUDIT_TAGS`): ``@lifecycle`` (``refused`` |
 ``successor`` | ``translated``), ``@routed_from`` (the model asked for; the record's ``model`` is
-the one sent), ``@shutdown_date`` and ``@translated`` (``max_tokens->max_completion_tokens``,
-``temperature dropped``).
+the one sent), ``@shutdown_date``, ``@translated`` (``max_tokens->max_completion_tokens``,
+``temperature dropped``) and, on a refusal with ``successor``, ``@successor`` (the model the call
+was not sent to).
 """
 
 from __future__ import annotations
@@ -59,6 +76,7 @@ from collections.abc import Callable, Mapping
 from email.utils import format_datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 from prometheus_client import Counter
 
@@ -111,8 +129,8 @@ def deprecation_headers(shutdown: dt.date, successor: str | None = None) -> dict
     (midnight UTC): see the module's docstring."""
     moment = dt.datetime.combine(shutdown, dt.time(), dt.UTC)
     links = [f'<{DEPRECATIONS_URL}>; rel="deprecation"; type="text/html"']
-    if successor:
-        links.append(f'<{MODEL_URL}{successor}>; rel="successor-version"')
+    if successor:  # a name from the tables, quoted all the same: nothing in it can end the URL or the header
+        links.append(f'<{MODEL_URL}{quote(successor, safe="")}>; rel="successor-version"')
     return {
         "deprecation": f"@{int(moment.timestamp())}",
         "sunset": format_datetime(moment, usegmt=True),
@@ -150,12 +168,15 @@ class ModelLifecycle:
         metrics: bool = True,
         upstream: Mapping[str, UpstreamDate] | None = None,
         labels: frozenset[str] = frozenset(),
+        aliases: frozenset[str] = frozenset(),
         store: Store | None = None,
         clock: Clock = time.time,
     ) -> None:
         """``today``: act as on this date (None: the clock's date, UTC); ``upstream``: the upstream's
         own shutdown dates; ``labels``: model names that may be metric labels besides the price
-        table's; ``store``: where the upstream's dates are read again once an hour."""
+        table's; ``aliases``: the names of ``routing.aliases``, never checked (an operator who names
+        an alias after a retired model, ``gpt-4o-mini = ["gpt-6-luna"]``, has chosen where it goes);
+        ``store``: where the upstream's dates are read again once an hour."""
         self.on_retired = on_retired
         self.translate_params = translate_params
         self.headers = headers
@@ -163,6 +184,7 @@ class ModelLifecycle:
         self.metrics = metrics
         self.upstream: dict[str, UpstreamDate] = dict(upstream or {})
         self.labels = labels | frozenset(catalogue.lifecycle_table()["shutdowns"]) | frozenset(self.upstream)
+        self.aliases = aliases
         self.store = store
         self.clock = clock
         self._logged: dict[str, float] = {}  # model or API label -> when its line was last logged
@@ -183,6 +205,7 @@ class ModelLifecycle:
             metrics=settings.telemetry.prometheus,
             upstream=load_upstream_dates(store),
             labels=configured_models(settings),
+            aliases=frozenset(settings.routing.aliases),
             store=store,
         )
 
@@ -204,7 +227,7 @@ class ModelLifecycle:
     async def handle(self, exchange: Exchange, call_next: Handler) -> Reply:
         self._refresh_if_due()
         model = exchange.model if isinstance(exchange.json, dict) else None
-        life = self.lifecycle_of(model) if model else None
+        life = self.lifecycle_of(model) if model and model not in self.aliases else None
         api = _api_of(exchange.method, exchange.path)
         if life is None and api is None and not self.translate_params:
             return await call_next(exchange)
@@ -228,17 +251,22 @@ class ModelLifecycle:
 
     # -- what happens to the call --------------------------------------------------------------
 
-    def _refuse(self, exchange: Exchange, life: Lifecycle, why: str) -> Reply:
+    def _refuse(self, exchange: Exchange, life: Lifecycle, why: str, successor: str | None = None) -> Reply:
+        """A 404 ``model_not_found`` made here; ``why`` says why the successor was not used, and
+        ``successor`` (the model the call was not sent to) goes into the record as ``@successor``."""
         assert life.shutdown_date is not None
         instead = f"; use `{life.successor}` instead" if life.successor and not why else ""
         message = (
-            f"The model `{life.model}` was shut down on {life.shutdown_date.isoformat()}{instead}{why}. "
+            f"The model `{_shown(life.model)}` was shut down on {life.shutdown_date.isoformat()}{instead}{why}. "
             f'Ferryman refused the call (lifecycle.on_retired = "{self.on_retired}"); '
             f"learn more here: {DEPRECATIONS_URL}"
         )
-        _record(exchange, {"@lifecycle": "refused", "@shutdown_date": life.shutdown_date.isoformat()})
+        tags = {"@lifecycle": "refused", "@shutdown_date": life.shutdown_date.isoformat()}
+        if successor:
+            tags["@successor"] = successor
+        _record(exchange, tags)
         exchange.notes[NOTE] = {"action": "refused", "model": life.model, "shutdown_date": life.shutdown_date}
-        error = model_retired(life.model, message)
+        error = model_retired(_shown(life.model), message)
         return refusal_reply(exchange, error.status, error.body(), dict(error.headers))
 
     async def _to_successor(self, exchange: Exchange, life: Lifecycle, today: dt.date, call_next: Handler) -> Reply:
@@ -246,23 +274,9 @@ class ModelLifecycle:
         successor = life.successor
         if not successor:
             return self._refuse(exchange, life, ", and it has no successor to send the call to")
-        if life.model.startswith("ft:"):
-            return self._refuse(
-                exchange, life, f"; a fine-tuned model is not sent to its base model's successor `{successor}`"
-            )
-        known = catalogue.lookup(successor) is not None or successor in self.upstream
-        if not known:
-            return self._refuse(exchange, life, f"; its successor `{successor}` is not a model Ferryman knows")
-        after = catalogue.lifecycle(successor, self.upstream)
-        if after is not None and after.retired(today):
-            assert after.shutdown_date is not None
-            return self._refuse(
-                exchange, life, f"; its successor `{successor}` was shut down too, on {after.shutdown_date.isoformat()}"
-            )
-        if exchange.upload is not None or "json" not in exchange.headers.get("content-type", "json"):
-            return self._refuse(
-                exchange, life, f"; the request is not JSON, so Ferryman cannot send it to `{successor}` instead"
-            )
+        why = self._not_to(exchange, life, successor, today)
+        if why:
+            return self._refuse(exchange, life, why, successor)
         body = {**exchange.json, "model": successor}
         translated = _translations(successor, exchange.path, body)
         exchange.set_json(body)
@@ -279,6 +293,22 @@ class ModelLifecycle:
             "translated": translated,
         }
         return await call_next(exchange)
+
+    def _not_to(self, exchange: Exchange, life: Lifecycle, successor: str, today: dt.date) -> str:
+        """Why the call cannot go to ``successor`` (in words, for the refusal), or ``""``."""
+        if life.model.startswith("ft:"):
+            return f"; a fine-tuned model is not sent to its base model's successor `{successor}`"
+        if catalogue.lookup(successor) is None and successor not in self.upstream:
+            return f"; its successor `{successor}` is not a model Ferryman knows"
+        after = catalogue.lifecycle(successor, self.upstream)
+        if after is not None and after.retired(today):
+            assert after.shutdown_date is not None
+            return f"; its successor `{successor}` was shut down too, on {after.shutdown_date.isoformat()}"
+        if not exchange.principal.allows(successor):  # the key's allowlist holds for the successor too
+            return f"; its successor `{successor}` is not a model this API key may use"
+        if exchange.upload is not None or "json" not in exchange.headers.get("content-type", "json"):
+            return f"; the request is not JSON, so Ferryman cannot send it to `{successor}` instead"
+        return ""
 
     def _translate(self, exchange: Exchange, model: str) -> None:
         if exchange.upload is not None or not isinstance(exchange.json, dict):
@@ -378,6 +408,11 @@ def _translations(model: str, path: str, body: dict[str, Any]) -> list[str]:
     return done
 
 
+def _shown(model: str) -> str:
+    """A model name as a refusal repeats it: a fine-tuned name is the caller's, of any length."""
+    return model if len(model) <= _NAME_MAX else model[:_NAME_MAX] + "…"
+
+
 def _record(exchange: Exchange, tags: dict[str, str]) -> None:
     noted = exchange.notes.setdefault(AUDIT_TAGS, {})
     if isinstance(noted, dict):
@@ -396,6 +431,7 @@ def _add_headers(reply: Reply, life: Lifecycle | None, api: ApiRetirement | None
     successor = life.successor if life is not None else None
     headers = dict(deprecation_headers(shutdown, successor))
     link = reply.headers.get("link")
-    if link:
-        headers["link"] = f"{link}, {headers['link']}"
-    reply.headers.update(headers)
+    if link:  # the upstream's links first, then those of ours it does not carry already (a Ferryman upstream)
+        ours = [value for value in headers["link"].split(", ") if value not in link]
+        headers["link"] = ", ".join([link, *ours])
+    reply.headers.update(headers)  # one Deprecation and one Sunset: ours, the dates this stage acts on
