@@ -27,6 +27,10 @@ pytest_plugins = ["tests.leak_guard"]
 # started with a cleaned environment pass this variable on). Set at import, before any mock
 # starts; tests of retirement set their own dates explicitly.
 os.environ.setdefault("FERRYMAN_MOCK_TODAY", "2026-06-01")
+# A gateway asks its upstreams' GET /v1/models for shutdown dates at start (lifecycle.refresh_s), in
+# the background: in the suite that would put an unordered request in every mock's log. The tests of
+# the refresher turn it on themselves.
+os.environ.setdefault("FERRYMAN_LIFECYCLE__REFRESH_S", "0")
 MOCK_TODAY = os.environ["FERRYMAN_MOCK_TODAY"]
 
 POSTGRES_URL = os.environ.get("FERRYMAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -5,8 +5,13 @@ earliest of several upstreams counts, a dead upstream keeps what was known)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
 import socket
+import time
+
+import pytest
 
 from ferryman import catalogue, lifecycle_store
 from ferryman.config import load
@@ -89,4 +94,72 @@ def test_refresh_from_the_mock_then_a_dead_upstream_keeps_the_rows(tmp_path, fer
     failed = asyncio.run(lifecycle_store.refresh(dead, store))
     assert failed[0].error and "Connect" in failed[0].error
     assert asyncio.run(lifecycle_store.load(store)) == known
+    store.close()
+
+
+class Rounds:
+    """A fake clock and sleep for ``keep_fresh``: each sleep advances the clock by what was asked,
+    and the loop is stopped (cancelled) after ``rounds`` sleeps."""
+
+    def __init__(self, rounds: int, start: float = 1_800_000_000.0) -> None:
+        self.now, self.rounds, self.slept = start, rounds, []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        if len(self.slept) >= self.rounds:
+            raise asyncio.CancelledError
+
+
+def _keep_fresh(settings, store, rounds: Rounds, every: float = 86400.0) -> list[dict]:
+    handed: list[dict] = []
+
+    async def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await lifecycle_store.keep_fresh(
+                settings, store, every, handed.append, clock=rounds.clock, sleep=rounds.sleep
+            )
+
+    asyncio.run(run())
+    return handed
+
+
+def test_keep_fresh_refreshes_when_due_and_not_before(tmp_path, ferryman_mock, monkeypatch):
+    monkeypatch.setenv("FERRYMAN_TEST_UPSTREAM_KEY", "local-" + "key")
+    settings = _settings(tmp_path, ("mock", ferryman_mock.base_url))
+    store = open_store(settings)
+    ferryman_mock.set_shutdown_dates({"gpt-6-luna": "2027-06-30"})
+    rounds = Rounds(3, start=time.time())
+    handed = _keep_fresh(settings, store, rounds)
+    listings = [r for r in ferryman_mock.requests() if r["path"] == "/v1/models"]
+    # first start: fetched at once; then each round sleeps the period and fetches again
+    assert len(listings) == 3 and rounds.slept == [86400.0, 86400.0, 86400.0]
+    assert all(h["gpt-6-luna"].shutdown_date == dt.date(2027, 6, 30) for h in handed) and len(handed) == 3
+
+    # a restart an hour after the last fetch waits out the rest of the day, fetching nothing
+    ferryman_mock.clear_requests()
+    with store.engine.connect() as conn:
+        last = lifecycle_store.last_fetched(conn)
+    assert last is not None
+    later = Rounds(1, start=last + 3600)
+    assert _keep_fresh(settings, store, later) == []
+    assert later.slept == [pytest.approx(86400.0 - 3600)]
+    assert not [r for r in ferryman_mock.requests() if r["path"] == "/v1/models"]
+    store.close()
+
+
+def test_keep_fresh_retries_a_dead_upstream_sooner_and_keeps_what_was_known(tmp_path, caplog):
+    settings = _settings(tmp_path, ("gone", _dead_url()))
+    store = open_store(settings)
+    with store.engine.begin() as conn:
+        save(conn, Fetched("gone", {"gpt-6-luna": "2027-06-30"}), now=0)
+    rounds = Rounds(2)
+    with caplog.at_level(logging.WARNING, logger="ferryman.lifecycle"):
+        handed = _keep_fresh(settings, store, rounds, every=86400.0)
+    assert rounds.slept == [8640.0, 8640.0]  # a tenth of the period
+    assert [h["gpt-6-luna"].shutdown_date for h in handed] == [dt.date(2027, 6, 30)] * 2
+    assert "gone's GET /models failed" in caplog.text
     store.close()

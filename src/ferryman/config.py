@@ -127,6 +127,9 @@ class LifecycleSettings(_Section):
     translate_params: bool = False  # rewrite parameters a reasoning model rejects (max_tokens, temperature)
     headers: bool = True  # Deprecation, Sunset and Link headers on replies for retiring models and APIs
     today: dt.date | None = None  # for tests and rehearsals: act as on this date (default: today, UTC)
+    # ferryman serve asks each upstream's GET /v1/models for shutdown dates this often (at start, when
+    # the cached ones are older); 0: never by itself, only `ferryman models --refresh`
+    refresh_s: float = Field(86400.0, ge=0)
 
 
 class StoreSettings(_Section):

@@ -26,16 +26,18 @@ back.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
+import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from ferryman import redact
@@ -45,6 +47,8 @@ from ferryman.exchange import Exchange
 from ferryman.store import Store
 from ferryman.store.tables import model_lifecycle
 from ferryman.upstream import Deployment, Upstream
+
+log = logging.getLogger("ferryman.lifecycle")
 
 MAX_MODELS = 10_000  # per upstream: a listing is the upstream's word, but the table stays bounded
 MAX_LISTING_BYTES = 16 * 1024 * 1024  # OpenAI's listing is tens of KiB; a compatible server's, a few MiB
@@ -165,10 +169,49 @@ async def load(store: Store) -> dict[str, UpstreamDate]:
     return await store.read(read)
 
 
-async def refresh(settings: Settings, store: Store, transport: Any = None) -> list[Fetched]:
-    """Fetch from every upstream and cache what answered; an upstream that failed keeps its
-    earlier rows (a dead upstream does not erase what is known)."""
+async def refresh(settings: Settings, store: Store, transport: Any = None, now: float | None = None) -> list[Fetched]:
+    """Fetch from every upstream and cache what answered (as fetched at ``now``, default the
+    time); an upstream that failed keeps its earlier rows (a dead upstream erases nothing)."""
     results = await fetch(settings, transport)
     for fetched in results:
-        await store.write(functools.partial(save, fetched=fetched))
+        await store.write(functools.partial(save, fetched=fetched, now=now))
     return results
+
+
+def last_fetched(conn: Connection) -> float | None:
+    """When any upstream's listing was last cached (unix seconds), or None if never."""
+    value = conn.execute(select(func.max(model_lifecycle.c.fetched))).scalar()
+    return float(value) if value is not None else None
+
+
+async def keep_fresh(
+    settings: Settings,
+    store: Store,
+    every_s: float,
+    then: Callable[[dict[str, UpstreamDate]], None],
+    transport: Any = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """The gateway's refresher, until cancelled: refresh when the cache is older than ``every_s``
+    (at once on a first start), hand the dates to ``then`` (the lifecycle stage), sleep until the
+    next is due. A failed round is logged, by upstream and cause, and tried again in a tenth of
+    the period (at least a minute): what was known stays in force meanwhile."""
+    while True:
+        wait = every_s
+        try:
+            fetched = await store.read(last_fetched)
+            age = clock() - fetched if fetched is not None else None
+            if age is None or age >= every_s:
+                for result in await refresh(settings, store, transport, now=clock()):
+                    if result.error and not result.error.startswith("skipped"):
+                        log.warning("lifecycle: %s's GET /models failed: %s", result.upstream, result.error)
+                        wait = max(60.0, every_s / 10)
+                then(await load(store))
+            else:
+                wait = every_s - age
+        except Exception as error:  # the store down: the refresher waits, the gateway goes on
+            cause = redact.secrets(f"{type(error).__name__}: {error}")
+            log.warning("lifecycle: shutdown dates not refreshed: %s", cause)
+            wait = max(60.0, every_s / 10)
+        await sleep(wait)

@@ -7,6 +7,7 @@ the mock's own ``today`` (reset after every test)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx2
@@ -93,3 +94,19 @@ def test_metrics_count_calls_to_retiring_models(gateway):
     gw.client(gw.new_key()).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     text = httpx2.get(gw.url + "/metrics").text
     assert 'ferryman_retiring_model_calls_total{model="gpt-4o-mini",shutdown_date="2027-01-14"}' in text
+
+
+def test_the_gateway_refreshes_the_upstreams_dates_at_start_and_acts_on_them(gateway, ferryman_mock):
+    """With ``lifecycle.refresh_s`` on (the suite turns it off by default), a first start asks the
+    upstream's GET /v1/models, caches the answer, and the next call carries the date the upstream
+    announced, a date the shipped table does not have."""
+    ferryman_mock.set_shutdown_dates({"gpt-6-luna": "2027-06-30"})
+    gw = gateway(lifecycle={"refresh_s": 86400, "today": BEFORE})
+    gw.server.call(asyncio.wait_for(gw.gateway.dates_refreshed.wait(), 30))
+    assert any(r["path"] == "/v1/models" for r in ferryman_mock.requests())
+    client = gw.client(gw.new_key())
+    raw = client.chat.completions.with_raw_response.create(model="gpt-6-luna", messages=MESSAGES)
+    assert raw.headers["sunset"] == "Wed, 30 Jun 2027 00:00:00 GMT"
+    retiring = gw.admin.get("/admin/models/retiring?within=3650").json()["data"]
+    luna = next(m for m in retiring if m["model"] == "gpt-6-luna")
+    assert luna["shutdown_date"] == "2027-06-30" and luna["source"].startswith("upstream ")

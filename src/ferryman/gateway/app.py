@@ -6,6 +6,9 @@ path pays for no routing or request objects); everything else is a small Starlet
 pipeline is the in-SDK one (:func:`ferryman.pipeline.build`) with callers' own limits and budgets
 on, and the gateway's front stages (authentication, intake, ownership) inside the guard.
 
+It keeps the upstreams' model shutdown dates fresh (``lifecycle.refresh_s``, daily by default:
+:func:`ferryman.lifecycle_store.keep_fresh`) for the lifecycle stage.
+
 Shutdown drains: on SIGTERM ``/readyz`` turns 503 at once while the server keeps listening (so a
 load balancer, still able to ask, stops sending: :class:`~ferryman.gateway.server.DrainingServer`),
 and open streams get ``gateway.drain_s`` to finish before the upstream connections close.
@@ -27,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ferryman.catalogue import UpstreamDate
 from ferryman.config import Settings
 from ferryman.gateway.access_log import AccessLog
 from ferryman.gateway.admin import AdminAPI
@@ -35,7 +39,9 @@ from ferryman.gateway.intake import Intake
 from ferryman.gateway.keys import KeyCache, KeyStore
 from ferryman.gateway.ownership import Ownership
 from ferryman.gateway.proxy import Proxy, Receive, Send
+from ferryman.lifecycle_store import keep_fresh
 from ferryman.pipeline import Stage, build
+from ferryman.pipeline.lifecycle import ModelLifecycle
 from ferryman.pipeline.telemetry import REGISTRY
 from ferryman.secrets import resolve_optional
 from ferryman.store import Store, open_store
@@ -68,6 +74,9 @@ class Gateway:
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
+        self.transport = transport
+        self._refresher: asyncio.Task[None] | None = None
+        self.dates_refreshed = asyncio.Event()  # set after each refresh of the shutdown dates (for tests)
         self.store = store or open_store(settings)
         self.keys = KeyStore(self.store)
         self.key_cache = KeyCache(self.keys, settings.gateway.key_cache_s)
@@ -110,11 +119,25 @@ class Gateway:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await asyncio.to_thread(warm_up)
+                self._start_refresher()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _start_refresher(self) -> None:
+        """Keep the upstreams' shutdown dates fresh (``lifecycle.refresh_s``) for the lifecycle stage."""
+        every = self.settings.lifecycle.refresh_s
+        stage = self.pipeline.stage(ModelLifecycle)
+        if every <= 0 or not isinstance(stage, ModelLifecycle) or self._refresher is not None:
+            return
+        def use(dates: dict[str, UpstreamDate]) -> None:
+            stage.use_upstream_dates(dates)
+            self.dates_refreshed.set()
+
+        refresher = keep_fresh(self.settings, self.store, every, use, self.transport)
+        self._refresher = asyncio.get_running_loop().create_task(refresher, name="ferryman-lifecycle-refresh")
 
     def start_draining(self) -> None:
         """Stop being ready: ``/readyz`` answers 503 ``draining`` from now on, while requests are
@@ -124,6 +147,8 @@ class Gateway:
     async def shutdown(self) -> None:
         """Stop being ready, let open streams finish (up to ``drain_s``), close the upstreams."""
         self.start_draining()
+        if self._refresher is not None:
+            self._refresher.cancel()
         try:
             await asyncio.wait_for(self.proxy.streams_idle.wait(), self.settings.gateway.drain_s)
         except TimeoutError:

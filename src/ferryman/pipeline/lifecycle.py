@@ -382,12 +382,17 @@ class ModelLifecycle:
         self._loaded_at = self.clock()
         self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
 
+    def use_upstream_dates(self, dates: Mapping[str, UpstreamDate]) -> None:
+        """Act on these upstream dates from the next call on (the gateway's refresher calls this
+        right after it caches a fresh ``GET /v1/models``, so nobody waits for the hourly read)."""
+        self.upstream = dict(dates)
+        self.labels = self.labels | frozenset(self.upstream)
+        self._known = {}
+
     async def _refresh(self) -> None:
         assert self.store is not None
         try:
-            self.upstream = await lifecycle_store.load(self.store)
-            self.labels = self.labels | frozenset(self.upstream)
-            self._known = {}
+            self.use_upstream_dates(await lifecycle_store.load(self.store))
         except Exception as exc:  # the dates known so far still apply
             log.warning("lifecycle: the upstream's shutdown dates could not be read again: %s", _brief(exc))
         finally:
