@@ -53,6 +53,14 @@ _TIER = re.compile(rb'"service_tier"\s*:\s*"([a-z_]+)"')
 _ZERO = Decimal(0)
 
 
+def spends_tokens(exchange: Exchange) -> bool:
+    """Whether the call itself spends tokens: a POST to an inference endpoint. A poll, retrieve or
+    list (``GET /v1/batches/{id}``, ``GET /v1/responses/{id}``, a stored chat completion) may
+    carry a ``usage`` object too, but it repeats tokens spent, and billed, by an earlier call: it
+    counts zero, so each token is counted once."""
+    return exchange.method == "POST" and endpoint_route(exchange.path) in (*PRICED, *FREE)
+
+
 class Account:
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices

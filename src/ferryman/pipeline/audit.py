@@ -66,7 +66,7 @@ from ferryman.audit.record import (
 from ferryman.audit.recovery import this_process
 from ferryman.errors import OpenAIError
 from ferryman.exchange import AUDIT_TAGS, OWN_TAG, Exchange, Reply
-from ferryman.pipeline.account import FINISH_NOTE, PRICED, parsed_reply
+from ferryman.pipeline.account import FINISH_NOTE, PRICED, parsed_reply, spends_tokens
 from ferryman.pipeline.chain import Handler
 from ferryman.pricing import PriceTable, TokenCounts
 from ferryman.sse import tap
@@ -304,6 +304,8 @@ class Audit:
             "error": call.error or (error_text(ex.error, self.bodies) if ex.error else None),
         }
         usage = ex.usage or (call.stream.usage if call.stream is not None else None)
+        if not spends_tokens(ex):  # a poll or retrieve repeats an earlier call's usage: zero here
+            usage = None
         try:
             appended = await self._append(call, usage)
         except Exception as exc:  # the call itself went through: say so, loudly, and carry on
@@ -400,7 +402,8 @@ class Audit:
                     value = orjson.loads(call.reply)
                 except orjson.JSONDecodeError:
                     value = None
-        usage = usage or usage_in(value)
+        if usage is None and spends_tokens(call.exchange):
+            usage = usage_in(value)
         counts = TokenCounts.from_usage(usage)
         fields = call.fields
         fields["error"] = fields["error"] or reply_error(call.status, value, mode)
