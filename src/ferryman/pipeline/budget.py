@@ -29,9 +29,13 @@ until it lands or the call's deadline passes: with Redis in front, the database 
 already while Redis has not, and no rebuild would add the cost to a counter Redis still has (the
 store settles a hold in the database only once, however often it is tried).
 
-A model without a price reserves 0 (the call goes through and a warning is logged once per
-model), since refusing every call to a new model would be worse; its cost, if it later turns out
-to have one, is still settled.
+Under the operator's own rules, a model without a price reserves 0 (the call goes through and a
+warning is logged once per model), since refusing every call to a new model would be worse; its
+cost, if it later turns out to have one, is still settled. A caller that brings its own cap (a
+virtual key's or its team's budget) is not trusted that way: its call to a model Ferryman cannot
+price is refused with a 400 ``model_not_priced`` on ``model``, never sent, since a cap that cannot
+price a call cannot hold it (a new model, or a name a compatible upstream serves, would otherwise
+be free of the key's budget). A price for it in ``pricing_file`` lets it through.
 
 Counters live in the database, with Redis in front when the store has it (see budget_stores and
 budget_redis). Each reservation is leased to this instance (``budget.lease_s``, default 60 s)
@@ -56,7 +60,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import FERRYMAN_MADE, Exchange, Reply
 from ferryman.pipeline.account import FINISH_NOTE
 from ferryman.pipeline.budget_stores import (
     ZERO,
@@ -76,6 +80,7 @@ log = logging.getLogger("ferryman.budget")
 
 BILLED = BILLED_ENDPOINTS
 CODE = "budget_exceeded"
+UNPRICED = "model_not_priced"  # a capped caller's call to a model with no price
 WARNED_MAX = 256  # models without a price that are named in a warning, each once
 REAP_EVERY_S = 1.0  # expired reservations are looked for at most this often
 SETTLE_TRIES_NOW = 3  # a settlement is tried this often before the reply goes out
@@ -222,6 +227,8 @@ class Budget:
         if not counters:
             return await call_next(exchange)
         amount = self.worst_case(exchange)
+        if exchange.principal.caps and not self.priced(exchange):
+            return self.refuse_unpriced(exchange)
         now = self.clock()
         held = Hold(uuid.uuid4().hex, self.instance, amount, counters, now + self.lease_s, now + self.deadline_s, now)
         refusal = await self._reserve(held)
@@ -310,6 +317,24 @@ class Budget:
             except Exception:  # the store is down: the leases may run out; calls settle late if so
                 log.warning("budget: could not renew reservation leases", exc_info=True)
             await self.reap()
+
+    def priced(self, exchange: Exchange) -> bool:
+        """Whether the call's model (for an alias, one of its models) has a price."""
+        model = exchange.model or ""
+        return any(self.prices.prices(m) is not None for m in self.aliases.get(model) or [model])
+
+    def refuse_unpriced(self, exchange: Exchange) -> Reply:
+        model = exchange.model or ""
+        shown = model if len(model) <= 100 else model[:100] + "…"
+        message = (
+            f"Ferryman has no price for the model `{shown}`, so this key's budget cannot cap the call; "
+            "it was not sent. The gateway's operator can add the model's price (pricing_file)."
+        )
+        exchange.error = UNPRICED
+        exchange.cost_usd = ZERO
+        exchange.notes[FERRYMAN_MADE] = True
+        error = {"message": message, "type": "invalid_request_error", "param": "model", "code": UNPRICED}
+        return Reply.of_json(400, {"error": error}, {"x-should-retry": "false"})
 
     def refuse(self, exchange: Exchange, refusal: Refusal, amount: Decimal) -> Reply:
         c = refusal.counter
