@@ -41,6 +41,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "ferryman.models_cli:models",
         "List the models Ferryman knows, with shutdown dates, successors and where each date came from.",
     ),
+    "report": (
+        "ferryman.report.cli:report",
+        "Usage and cost from the audit log: totals, breakdowns, spikes, and what to change, in dollars.",
+    ),
     "doctor": (
         "ferryman.doctor_cli:doctor",
         "Check a live setup: upstreams and keys, models, rate limits, SDK, prices, store, audit, files.",
