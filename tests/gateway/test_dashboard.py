@@ -283,6 +283,25 @@ def test_retiring_models_in_use_are_listed_from_the_catalogue(gateway, ferryman_
     assert gw.admin.get("/admin/models/retiring?soon=1").status_code == 400
 
 
+def test_top_advice_is_the_reports(gateway, ferryman_mock, page):
+    """The dashboard's top advice is /admin/report's (the same JSON as ``ferryman report``), in
+    its order: gpt-4o-mini and gpt-4o retire, so the deprecated_model advice is there."""
+    gw = gateway()
+    populate(gw, ferryman_mock)
+    report = gw.admin.get("/admin/report?days=30").json()
+    assert report["version"] == 1 and report["advice"]
+    assert {a["kind"] for a in report["advice"]} == {"deprecated_model"}
+    logged_in(page, gw)
+    items = page.locator("#advice li.advice-item")
+    expected = report["advice"][:3]
+    assert items.count() == len(expected)
+    for i, advice in enumerate(expected):
+        assert items.nth(i).get_attribute("data-kind") == advice["kind"]
+        assert advice["title"] in items.nth(i).inner_text()
+    assert gw.admin.get("/admin/report?by=colour").status_code == 400
+    assert gw.admin.get("/admin/report?tag=nope").json()["error"]["param"] == "tag"
+
+
 def test_charts_are_painted(gateway, ferryman_mock, page, tmp_path):
     """A screenshot of each chart holds about as many pixels of the bar colour as its bars cover
     in the layout: the charts render, they are not blank boxes."""

@@ -18,6 +18,8 @@ secret except the one reply that creates or rotates it.
 - ``GET /admin/budgets``: each key's and team's budget, spent and reserved in the current window
 - ``GET /admin/requests?limit=50``: recent calls (no bodies, no secrets)
 - ``GET /admin/stats?hours=24``: calls, error and 429 rates
+- ``GET /admin/report?days=30&by=model``: the report of ``ferryman report --format json``
+  (:mod:`ferryman.gateway.admin_report`)
 - ``GET /admin/models/retiring?days=30&within=180``: the models called in the last ``days`` that
   retire within ``within`` days (or have), with calls, spend, shutdown date and successor, from
   the one lifecycle table (:mod:`ferryman.catalogue`, upstream dates first), on the date the
@@ -41,6 +43,7 @@ from starlette.routing import Route
 
 from ferryman import catalogue, lifecycle_store
 from ferryman.errors import OpenAIError, invalid_url
+from ferryman.gateway import admin_report
 from ferryman.gateway.admin_input import (
     KEY_FIELDS,
     KEY_UPDATE_FIELDS,
@@ -154,6 +157,7 @@ class AdminAPI:
             Route("/admin/requests", g(self.requests), methods=["GET"]),
             Route("/admin/stats", g(self.stats), methods=["GET"]),
             Route("/admin/models/retiring", g(self.retiring), methods=["GET"]),
+            Route("/admin/report", g(self.report), methods=["GET"]),
             # last: any other path or method under /admin answers in OpenAI's shape too
             Route("/admin", g(self.elsewhere), methods=ANY_METHOD),
             Route("/admin/{rest:path}", g(self.elsewhere), methods=ANY_METHOD),
@@ -429,6 +433,9 @@ class AdminAPI:
                 "open_streams": self.gateway.proxy.open_streams,
             }
         )
+
+    async def report(self, request: Request) -> Response:
+        return await admin_report.report(self.gateway, request)
 
     async def retiring(self, request: Request) -> Response:
         """Bounded however many model names callers invent (each is audited): only the models with

@@ -8,7 +8,8 @@ import { barChart, dayChart, plural } from "./charts.js";
 const STORAGE = "ferryman.adminKey";
 const REFRESH_MS = 10000;
 const DAYS = 30;
-const RETIRING_WITHIN_DAYS = 180; // OpenAI gives GA models at least six months' notice
+const RETIRING_WITHIN_DAYS = 180;
+const TOP_ADVICE = 3; // OpenAI gives GA models at least six months' notice
 // a request from an earlier day: its date, short ("Dec 3, 1:27:05 PM"); the tooltip has the ISO time
 const EARLIER = { month: "short", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit" };
 const $ = (id) => document.getElementById(id);
@@ -39,14 +40,15 @@ async function api(path) {
 }
 
 async function load() {
-  const [usage, budgets, requests, stats, retiring] = await Promise.all([
+  const [usage, budgets, requests, stats, retiring, report] = await Promise.all([
     api(`/admin/usage?days=${DAYS}`),
     api("/admin/budgets"),
     api("/admin/requests?limit=50"),
     api("/admin/stats?hours=24"),
     api(`/admin/models/retiring?days=${DAYS}&within=${RETIRING_WITHIN_DAYS}`),
+    api(`/admin/report?days=${DAYS}`),
   ]);
-  return { usage, budgets: budgets.data, requests: requests.data, stats, retiring: retiring.data };
+  return { usage, budgets: budgets.data, requests: requests.data, stats, retiring: retiring.data, advice: report.advice };
 }
 
 // -- session ---------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ function clippedCell(text, className, title = text) {
   return cell;
 }
 
-function render({ usage, budgets, requests, stats, retiring }) {
+function render({ usage, budgets, requests, stats, retiring, advice }) {
   renderStats(stats);
   dayChart($("chart-by-day"), usage.by_day, { days: DAYS, money, label: "Spend by day" });
   barChart($("chart-by-model"), usage.by_model, { money, label: "Spend by model" });
@@ -159,12 +161,14 @@ function render({ usage, budgets, requests, stats, retiring }) {
   renderBudgets(budgets);
   renderRequests(requests);
   renderRetiring(retiring);
+  renderAdvice(advice);
 }
 
 function clearData() {
   for (const id of ["stats", "chart-by-day", "chart-by-model", "chart-by-key", "budgets"]) $(id).replaceChildren();
   $("requests").tBodies[0].replaceChildren();
   $("retiring").tBodies[0].replaceChildren();
+  $("advice").replaceChildren();
   $("updated").textContent = "";
   $("load-error").hidden = true;
   delete document.body.dataset.loaded;
@@ -258,6 +262,25 @@ function renderRequests(rows) {
         clippedCell(r.error ?? "", "err"),
       );
       return tr;
+    }),
+  );
+}
+
+// the report's advice, largest monthly saving first (the order the report gives), at most three
+function renderAdvice(items) {
+  if (!items.length) {
+    $("advice").replaceChildren(node("li", `Nothing to change in the last ${DAYS} days.`, "muted"));
+    return;
+  }
+  $("advice").replaceChildren(
+    ...items.slice(0, TOP_ADVICE).map((a) => {
+      const item = node("li", undefined, "advice-item");
+      Object.assign(item.dataset, { kind: a.kind, savingsPerMonth: a.savings_usd_per_month ?? "" });
+      const head = node("div", undefined, "advice-head");
+      head.append(node("span", a.kind.replace(/_/g, " "), "badge"), node("strong", a.title));
+      const month = a.savings_usd_per_month === null ? "–" : `${money(a.savings_usd_per_month)} a month`;
+      item.append(head, node("div", `${month}: ${a.action}`, "muted"));
+      return item;
     }),
   );
 }
