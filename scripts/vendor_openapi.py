@@ -44,6 +44,17 @@ PATHS = [
     "/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
     "/fine_tuning/jobs/{fine_tuning_job_id}/events",
     "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+    "/organization/costs",
+    "/organization/usage/audio_speeches",
+    "/organization/usage/audio_transcriptions",
+    "/organization/usage/code_interpreter_sessions",
+    "/organization/usage/completions",
+    "/organization/usage/embeddings",
+    "/organization/usage/file_search_calls",
+    "/organization/usage/images",
+    "/organization/usage/moderations",
+    "/organization/usage/vector_stores",
+    "/organization/usage/web_search_calls",
 ]
 # Schemas the mock validates against that no kept operation references directly.
 EXTRA_SCHEMAS = ["ErrorResponse", "ResponseStreamEvent", "CreateChatCompletionStreamResponse"]

@@ -118,6 +118,18 @@ def invalid_key(shown: str) -> OpenAIError:
     )
 
 
+def admin_key_required() -> OpenAIError:
+    """A key that is not an admin key on an organisation endpoint (usage, costs), as OpenAI words it."""
+    return OpenAIError(
+        401,
+        "You have insufficient permissions for this operation. Missing scopes: api.usage.read. Check that "
+        "you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), "
+        "and if you're using a restricted API key, that it has the necessary scopes. Organization usage and "
+        "costs need an admin key (sk-admin-...).",
+        "invalid_request_error",
+    )
+
+
 def server_error(
     message: str = "The server had an error while processing your request. Sorry about that!",
 ) -> OpenAIError:

@@ -1,9 +1,12 @@
 """The mock's ASGI app: one front door that every ``/v1`` request passes through.
 
-In order: request id, route, API key, body (size cap, JSON), validation against OpenAI's spec,
-model check (unknown, or past its shutdown date on the mock's ``today``), injected faults,
-quota, rate limits, the resource's handler; then the headers OpenAI sends on every reply and an
-entry in the request log. Resource modules only declare ``ENDPOINTS`` and write handlers.
+In order: request id, route, API key (an admin key for the organisation endpoints), body (size
+cap, JSON), validation against OpenAI's spec, model check (unknown, or past its shutdown date on
+the mock's ``today``), injected faults, quota, rate limits, the resource's handler; then the
+headers OpenAI sends on every reply and an entry in the request log. Resource modules only
+declare ``ENDPOINTS`` and write handlers. What a served call used is counted in one place,
+:meth:`MockApp.account`: the key's quota and the usage ledger the organisation Usage and Costs
+endpoints answer from.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import secrets
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
-from ferryman import errors
+from ferryman import errors, pricing
 from ferryman.catalogue import UpstreamDate, lifecycle, lookup
 from ferryman.errors import OpenAIError
 from ferryman.mock import control, spec
@@ -42,12 +46,16 @@ from ferryman.mock.resources import ALL_MODULES, fine_tuning
 from ferryman.mock.settings import MockSettings
 from ferryman.mock.sse import ConnectionCut, EventStream
 from ferryman.mock.state import ObjectStore, RequestLog, Tasks
+from ferryman.mock.usage import KIND_OF_PATH, UsageLedger, reported_tier, split_cost
+from ferryman.pricing import TokenCounts
 from ferryman.tokens import count_request_prompt_tokens, max_output_tokens
 
 log = logging.getLogger("ferryman.mock")
 
 FAULT_HEADER = "x-ferryman-fault"
 NO_FAULT = Fault()
+# OpenAI's admin keys start so; only they may read the organisation endpoints (Endpoint.admin).
+ADMIN_KEY_PREFIX = "sk-admin-"
 _LOGGED_HEADERS = ("content-type", "user-agent", "x-stainless-retry-count", FAULT_HEADER, "idempotency-key")
 
 
@@ -65,6 +73,9 @@ class MockApp:
         self.requests = RequestLog(self.settings.request_log_size)
         self.limiter = RateLimiter(self.settings.rpm, self.settings.tpm)
         self.quota = QuotaLedger(self.settings.quota_usd)
+        self.usage = UsageLedger()
+        # The wall clock of the request log and the usage ledger; a test may set its own.
+        self.clock: Callable[[], float] = time.time
         self.fixtures = Fixtures.from_path(self.settings.fixtures_path)
         self.tasks = Tasks()
         self.prompt_cache = PromptCache()
@@ -102,6 +113,7 @@ class MockApp:
         self.settings = replace(self._initial, faults=[parse_rule(r.spec) for r in self._initial.faults])
         self.limiter.set_limits(self.settings.rpm, self.settings.tpm)
         self.quota = QuotaLedger(self.settings.quota_usd)
+        self.usage.clear()
         self.fixtures = Fixtures.from_path(self.settings.fixtures_path)
         self.prompt_cache = PromptCache()
         self.tasks.cancel_nowait()
@@ -152,7 +164,7 @@ class MockApp:
         request_id = "req_" + secrets.token_hex(16)
         entry: dict[str, Any] = {
             "id": request_id,
-            "time": time.time(),
+            "time": self.clock(),
             "method": scope["method"],
             "path": path,
             "query": scope.get("query_string", b"").decode("latin-1"),
@@ -167,8 +179,13 @@ class MockApp:
             scope["path_params"] = params
             route = endpoint.path
             # From here on a key is known only by its hash: nothing below can leak it.
-            key = key_id(self.authenticate(request))
+            token = self.authenticate(request)
+            admin = token.startswith(ADMIN_KEY_PREFIX)
+            key = key_id(token)
+            del token
             entry["key_id"] = key
+            if endpoint.admin and not admin:
+                raise errors.admin_key_required()
             fault = self.fault_for(request)
             body = await self.read_body(request, endpoint)
             model = body.get("model") if isinstance(body, dict) else None
@@ -343,12 +360,46 @@ class MockApp:
             raise error
 
     def settle(self, call: Call, entry: dict[str, Any]) -> None:
-        """After a reply went out: charge its cost against the key's quota, log its usage."""
+        """After a reply went out: log its usage, and account for it."""
         if call.usage is not None:
             entry["usage"] = call.usage
         if call.cost_usd is not None:
             entry["cost_usd"] = str(call.cost_usd)
-            self.quota.charge(call.key, call.cost_usd)
+        status = entry.get("status")
+        self.account(call, entry["time"], served=isinstance(status, int) and status < 400)
+
+    def account(self, call: Call, at: float, *, batch: bool = False, served: bool = True) -> None:
+        """The one place a call's usage counts: its cost against the key's quota, and (when it was
+        served) its tokens and cost in the usage ledger, at ``at``. A batch line costs the batch price."""
+        model = call.model or ""
+        counts = TokenCounts.from_usage(call.usage)
+        tier = "batches" if batch else call.cost_tier
+        if batch:
+            cost = pricing.cost_usd(model, counts, tier=tier) if call.usage is not None else None
+        else:
+            cost = call.cost_usd
+        if cost is not None and call.key:
+            self.quota.charge(call.key, cost)
+        kind = KIND_OF_PATH.get(str(call.request.scope.get("path", "")).rstrip("/"))
+        if not served or kind is None or (call.usage is None and kind != "moderations"):
+            return
+        body = call.body if isinstance(call.body, dict) else {}
+        if kind == "moderations":  # free, and its reply carries no usage: its input tokens as counted
+            model = model or "omni-moderation-latest"
+            prompt = call.prompt_tokens
+            counts = TokenCounts(
+                input=prompt if prompt is not None else count_request_prompt_tokens("/moderations", body)
+            )
+        self.usage.record(
+            at=at,
+            kind=kind,
+            api_key_id=call.key,
+            model=model,
+            batch=batch,
+            service_tier=reported_tier(body.get("service_tier")),
+            counts=counts,
+            cost=split_cost(model, counts, cost, tier),
+        )
 
 
 def estimate_tokens(path: str, body: Any) -> tuple[int, int]:

@@ -18,7 +18,8 @@ Checking happens while a batch is ``validating``; any problem fails the whole ba
 =================================  ================================================================
 
 Running a line calls the endpoint's handler in-process, after the same checks the front door
-makes (route, request schema, model, quota), with no rate limits, faults or request log. A
+makes (route, request schema, model, quota), with no rate limits, faults or request log; a line
+served is accounted (quota, usage ledger) at the batch price by ``MockApp.account``. A
 line that fails there (unknown model, ``stream: true``, a bad body) is not a batch error: it
 goes to the error file with its status code and OpenAI-format error body.
 """
@@ -262,4 +263,6 @@ async def run(app: MockApp, key: str, url: str, line: Line) -> LineResult:
         return LineResult(line.custom_id, failure.status, request_id, failure.body(), None, model)
     status = response.status_code
     usage = call.usage if call is not None and status < 400 else None
+    if call is not None and status < 400:
+        app.account(call, app.clock(), batch=True)
     return LineResult(line.custom_id, status, request_id, orjson.loads(response.body), usage, model)

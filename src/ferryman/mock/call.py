@@ -34,6 +34,7 @@ class Call:
     # Set by handlers: what the call used, so the app can charge quota and log it.
     usage: dict[str, Any] | None = None
     cost_usd: Decimal | None = None
+    cost_tier: str = ""  # the pricing tier ``cost_usd`` was computed at (``ferryman.pricing``)
     internal: bool = False  # run by the mock itself (a batch line): no limits, no log
     prompt_tokens: int | None = None  # counted by the front door for the rate limit, when it did
 
@@ -56,6 +57,7 @@ class Endpoint:
     ``schema`` names the request body's schema in OpenAI's spec (validated before the handler
     runs), or ``validate`` checks the body where the spec needs adjusting. ``inference`` marks
     endpoints that name a model that must exist, spend tokens against TPM and cost money.
+    ``admin`` endpoints (the organisation's) answer admin keys only.
     """
 
     method: str
@@ -65,6 +67,7 @@ class Endpoint:
     schema: str | None = None
     validate: Callable[[Any], None] | None = None  # a body check of its own, instead of ``schema``
     inference: bool = False
+    admin: bool = False
 
     def check_body(self, body: Any) -> None:
         """Raise an OpenAI-format 400 if ``body`` is not what this endpoint accepts."""

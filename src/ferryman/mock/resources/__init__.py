@@ -10,7 +10,8 @@ from ferryman.mock.resources import (
     fine_tuning,
     models,
     moderations,
+    organization,
     responses,
 )
 
-ALL_MODULES = [chat, responses, embeddings, moderations, completions, models, files, batches, fine_tuning]
+ALL_MODULES = [chat, responses, embeddings, moderations, completions, models, files, batches, fine_tuning, organization]

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ferryman import pricing
 from ferryman.errors import invalid_request, not_found
 from ferryman.mock import batch_lines
 from ferryman.mock.batch_lines import Line, LineResult
@@ -289,9 +288,7 @@ async def _run_lines(app: MockApp, batch: dict[str, Any], run: _Run, lines: list
         counts["completed" if result.ok else "failed"] += 1
         if result.usage is not None:
             usage = _add(usage, TokenCounts.from_usage(result.usage))
-            batch["usage"] = _usage(usage)
-            if result.model and run.key:
-                app.quota.charge(run.key, pricing.cost_usd(result.model, result.usage, tier="batches"))
+            batch["usage"] = _usage(usage)  # (its cost was charged as it ran: MockApp.account)
         if time.monotonic() - saved > PERSIST_EVERY and _alive(app, batch):
             app.store.put("batches", batch)
             saved = time.monotonic()

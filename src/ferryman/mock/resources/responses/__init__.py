@@ -60,7 +60,8 @@ async def create(call: Call) -> Any:
     app = call.app
     turn = plan(body, app.store, app.fixtures, app.prompt_cache, call.key)
     call.usage = turn.usage
-    call.cost_usd = pricing.cost_usd(turn.response["model"], turn.usage, tier=_tier(body))
+    call.cost_tier = _tier(body)
+    call.cost_usd = pricing.cost_usd(turn.response["model"], turn.usage, tier=call.cost_tier)
     store = body.get("store") is not False
     if body.get("stream") is True:
         obfuscate = (body.get("stream_options") or {}).get("include_obfuscation") is not False
