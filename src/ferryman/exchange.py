@@ -39,6 +39,11 @@ FERRYMAN_MADE = "ferryman_refused"
 AUDIT_TAGS = "audit_tags"
 OWN_TAG = "@"
 
+# ``Exchange.source``: the front door a call came in by, set by the one that builds its exchange (the
+# in-SDK transport, the gateway's proxy, ``ferryman run`` live, or ``run --via batch-api``'s own
+# calls), so its audit record says which traffic is which without any front door importing another.
+SOURCE_SDK, SOURCE_GATEWAY, SOURCE_RUN, SOURCE_RUN_BATCH_API = "sdk", "gateway", "run", "run-batch-api"
+
 # Hop-by-hop and transport headers that a proxy must not forward.
 HOP_BY_HOP = frozenset(
     {
@@ -156,6 +161,7 @@ class Exchange:
     refusal: OpenAIError | None = None
     tags: dict[str, str] = field(default_factory=dict)
     cache_control: str | None = None  # "no-store" | "refresh" | None
+    source: str | None = None  # SOURCE_*: the front door that built this exchange
     # Learned on the way.
     json: Any = None  # the parsed body, when it is JSON
     model: str | None = None  # the requested model (an alias until routing resolves it)

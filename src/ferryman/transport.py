@@ -17,7 +17,7 @@ from typing import Any
 import httpx2
 
 from ferryman import _loop, redact
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import SOURCE_SDK, Exchange, Reply
 from ferryman.pipeline.chain import Pipeline
 
 
@@ -31,7 +31,7 @@ def api_path(url: httpx2.URL) -> str:
     return raw[:-3] if raw.endswith("/v1") else raw
 
 
-def exchange_from(request: httpx2.Request, body: bytes) -> Exchange:
+def exchange_from(request: httpx2.Request, body: bytes, source: str = SOURCE_SDK) -> Exchange:
     headers: dict[str, str] = {}
     for raw_name, raw_value in request.headers.raw:  # one pass, no httpx2.Headers views
         name = raw_name.decode("latin-1").lower()
@@ -41,13 +41,15 @@ def exchange_from(request: httpx2.Request, body: bytes) -> Exchange:
             value = raw_value.decode("utf-8", errors="replace")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     query = request.url.query
-    return Exchange.build(
+    exchange = Exchange.build(
         request.method,
         api_path(request.url),
         headers,
         body,
         query=query.decode("ascii") if isinstance(query, bytes) else str(query),
     )
+    exchange.source = source
+    return exchange
 
 
 def redact_error(reply: Reply) -> None:
@@ -176,14 +178,17 @@ class _AsyncStream(httpx2.AsyncByteStream):
 
 
 class AsyncFerrymanTransport(httpx2.AsyncBaseTransport):
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, source: str = SOURCE_SDK) -> None:
+        """``source``: what the calls' audit records name as their front door (``ferryman run
+        --via batch-api`` drives the SDK on this transport and says so)."""
         self.pipeline = pipeline
+        self.source = source
         self.destination = Destination.implicit(pipeline)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self.destination is not None:
             self.destination.check(request.url)
-        exchange = exchange_from(request, await request.aread())
+        exchange = exchange_from(request, await request.aread(), self.source)
         reply = await self.pipeline(exchange)
         return to_response(exchange, reply, request, _AsyncStream)
 

@@ -11,6 +11,13 @@ hash, from which the rest still verifies.
 Appends serialise across processes: on PostgreSQL with a transaction-scoped advisory lock, on
 SQLite by taking the write lock first (a no-op UPDATE) before reading the head.
 
+Fields added after the chain's first release (:data:`ADDED`, migration 0008: what the report's
+advice needs, see :mod:`ferryman.pipeline.audit_advice`) are hashed only when they hold a value.
+A record written before them reads them back as NULL, so its canonical bytes, and its hash, are
+exactly what they were when it was written: old chains keep verifying, with no re-hashing and no
+version field. A new record's values are covered like any other field (``via_batch`` False is a
+value, and hashed). A field added later must follow the same rule.
+
 A stream's record may close its write-ahead row (``audit_open``, see
 :mod:`ferryman.audit.inflight`) in the transaction that appends it (``close``), and a
 recovered stream's ``interrupted`` record is appended only together with the deletion of the
@@ -37,6 +44,19 @@ from ferryman.audit.stored import HEX, RAW_RECORDS, brief, column_processors, pa
 from ferryman.store.tables import audit, audit_checkpoints, audit_open
 
 ZERO_HASH = "0" * 64
+# Hashed only when not None (see above): a record from before them hashes as it always did.
+ADDED = (
+    "output_cap",
+    "service_tier",
+    "via_batch",
+    "request_fp",
+    "deterministic",
+    "prefix_fp",
+    "prefix_tokens",
+    "ratelimit",
+    "source",
+)
+_ADDED = frozenset(ADDED)
 # The fields a record's hash covers, in the order the table lists them.
 FIELDS = (
     "seq",
@@ -60,6 +80,7 @@ FIELDS = (
     "error",
     "request_body",
     "response_body",
+    *ADDED,
 )
 _FLOATS = {"ts": 6, "latency_ms": 3, "ttft_ms": 3}
 _USD_STEP = Decimal("1E-10")  # the column's scale: Numeric(20, 10)
@@ -88,12 +109,19 @@ def normalise(record: Mapping[Any, Any]) -> dict[str, Any]:
             value = format(Decimal(str(value or 0)).quantize(_USD_STEP), "f")
         elif name == "tags":
             value = dict(value or {})
+        elif name == "ratelimit" and value is not None:
+            value = dict(value)
         out[name] = value
     return out
 
 
+def _hashed(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A normalised row as hashed: the :data:`ADDED` fields left out where they are None."""
+    return {name: value for name, value in row.items() if value is not None or name not in _ADDED}
+
+
 def canonical(record: Mapping[Any, Any]) -> bytes:
-    return orjson.dumps(normalise(record), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(_hashed(normalise(record)), option=orjson.OPT_SORT_KEYS)
 
 
 def record_hash(prev_hash: str, record: Mapping[Any, Any]) -> str:
@@ -102,7 +130,8 @@ def record_hash(prev_hash: str, record: Mapping[Any, Any]) -> str:
 
 def _row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     """:func:`record_hash` of a row :func:`normalise` made already (normalising twice changes nothing)."""
-    return hashlib.sha256(prev_hash.encode("ascii") + orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    data = orjson.dumps(_hashed(row), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(prev_hash.encode("ascii") + data).hexdigest()
 
 
 def _checkpoint_problem(cp: Checkpoint) -> str | None:

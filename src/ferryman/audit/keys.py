@@ -48,6 +48,11 @@ class CheckpointKey:
     def check(self, kind: str, seq: int, hash_: str, count: int, signature: str) -> bool:
         return hmac.compare_digest(self.sign(kind, seq, hash_, count), signature or "")
 
+    def derive(self, purpose: str) -> bytes:
+        """A key for another use of this secret (the records' request fingerprints), derived so
+        that nothing made with it is ever a valid checkpoint signature, nor reveals the key."""
+        return hmac.new(self._key, f"ferryman-audit-derive\n{purpose}".encode(), hashlib.sha256).digest()
+
 
 def key_file() -> Path:
     return default_data_dir() / KEY_FILE

@@ -22,7 +22,20 @@ from ferryman.store.tables import audit
 # What verify checks each stored value against before hashing it (a malformed record is named,
 # never a crash): the columns that must hold a value, and each column's kind.
 _REQUIRED = frozenset(c.name for c in audit.columns if not c.nullable)
-_WHOLE = frozenset({"seq", "status", "attempts", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"})
+_WHOLE = frozenset(
+    {
+        "seq",
+        "status",
+        "attempts",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "output_cap",
+        "prefix_tokens",
+    }
+)
+_FLAGS = frozenset({"via_batch", "deterministic"})
 _NUMBER = frozenset({"ts", "latency_ms", "ttft_ms"})
 HEX = re.compile(r"[0-9a-f]{64}")
 HASHES = ("prev_hash", "hash")
@@ -31,10 +44,12 @@ COLUMNS = tuple(c.name for c in audit.columns)
 _PLAIN: dict[str, type] = {
     **{name: str for name in COLUMNS},
     **{name: int for name in _WHOLE},
+    **{name: bool for name in _FLAGS},
     "cost_usd": Decimal,
     "tags": dict,
+    "ratelimit": dict,
 }
-_CLOSELY = frozenset({*_NUMBER, *HASHES, "cost_usd"})  # finite numbers, hex of the right length
+_CLOSELY = frozenset({*_NUMBER, *HASHES, "cost_usd", "ratelimit"})  # finite numbers, hex of the right length
 # Every column as the driver hands it over (no SQLAlchemy processing, which raises on a bad value):
 # verify applies each column's own processing itself, value by value.
 RAW_RECORDS = select(*(type_coerce(c, NullType()).label(c.name) for c in audit.columns)).order_by(audit.c.seq)
@@ -88,8 +103,8 @@ def parse_record(
 
 
 def _unreadable(name: str, value: Any) -> str:
-    if name == "tags":
-        return "tags is not valid JSON"
+    if name in ("tags", "ratelimit"):
+        return f"{name} is not valid JSON"
     if name == "cost_usd":
         return f"cost_usd is not a number ({brief(value)})"
     return f"{name} cannot be read ({brief(value)})"
@@ -112,6 +127,12 @@ def _value_problem(name: str, value: Any) -> str | None:
     elif name == "tags":
         if not isinstance(value, dict):
             return f"tags is not a JSON object ({type(value).__name__})"
+    elif name in _FLAGS:
+        if not isinstance(value, bool):
+            return f"{name} is not true or false ({brief(value)})"
+    elif name == "ratelimit":
+        if not isinstance(value, dict) or not all(type(v) is int for v in value.values()):
+            return f"ratelimit is not a JSON object of whole numbers ({brief(value)})"
     elif name in HASHES:
         if not isinstance(value, str) or not HEX.fullmatch(value):
             return f"{name} is not 64 lowercase hex digits ({brief(value)})"

@@ -210,11 +210,13 @@ class BatchAPIRunner:
         import httpx2
         import openai
 
+        from ferryman.exchange import SOURCE_RUN_BATCH_API
         from ferryman.pipeline import build
         from ferryman.transport import AsyncFerrymanTransport
 
         pipeline = build(self.settings)
-        http = httpx2.AsyncClient(transport=AsyncFerrymanTransport(pipeline), timeout=httpx2.Timeout(600.0, connect=5))
+        transport = AsyncFerrymanTransport(pipeline, SOURCE_RUN_BATCH_API)  # its records say so (via_batch)
+        http = httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(600.0, connect=5))
         key = os.environ.get("OPENAI_API_KEY") or "ferryman-managed"
         client = openai.AsyncOpenAI(http_client=http, max_retries=0, api_key=key)
 

@@ -34,7 +34,7 @@ from ferryman.batch.disk import DiskFull
 from ferryman.batch.estimate import line_cost
 from ferryman.batch.inputs import Line
 from ferryman.batch.journal import Journal, Result
-from ferryman.exchange import Exchange, Reply
+from ferryman.exchange import SOURCE_RUN, Exchange, Reply
 from ferryman.pipeline.account import parsed_reply
 from ferryman.pipeline.chain import Pipeline
 from ferryman.pricing import PriceTable
@@ -194,6 +194,7 @@ class LiveRunner:
 
     async def _send(self, line: Line) -> Result:
         exchange = Exchange.build("POST", line.path, dict(HEADERS), orjson.dumps(line.body))
+        exchange.source = SOURCE_RUN
         started = time.perf_counter()
         try:
             reply = await self.pipeline(exchange)

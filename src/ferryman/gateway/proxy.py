@@ -30,7 +30,7 @@ import orjson
 
 from ferryman import redact
 from ferryman.errors import OpenAIError, invalid_url
-from ferryman.exchange import ANONYMOUS, Exchange, Reply, merged_headers
+from ferryman.exchange import ANONYMOUS, SOURCE_GATEWAY, Exchange, Reply, merged_headers
 from ferryman.gateway.access_log import AccessLog
 from ferryman.gateway.auth import CREDENTIAL_NOTE, Authenticate, presented_key
 from ferryman.gateway.intake import BODY_NOTE, AsgiBody, declared_length
@@ -182,6 +182,7 @@ class Proxy:
             exchange.path = raw.decode("latin-1")[:256]
             exchange.refusal = invalid_url(method, exchange.path)
         exchange.principal = ANONYMOUS
+        exchange.source = SOURCE_GATEWAY
         exchange.refusal = _edge_refusal(scope) or exchange.refusal
         exchange.notes[BODY_NOTE] = AsgiBody(receive, declared_length(headers))
         exchange.notes[CREDENTIAL_NOTE] = presented_key(headers)

@@ -30,7 +30,8 @@ those that lands (the disk has room again) lets the next call through.
 
 What a stage noted for the record (``notes[AUDIT_TAGS]``, such as the lifecycle stage's
 ``@routed_from``) joins the record's ``tags`` under names starting with ``@``, which no caller's
-tag can have: the record's fields, and so its hash, stay as they were.
+tag can have: the record's fields, and so its hash, stay as they were. What the report's advice
+needs (fingerprints, rate-limit levels, …): :mod:`ferryman.pipeline.audit_advice`.
 
 See :mod:`ferryman.audit.chain` for the chain and :mod:`ferryman.audit.record` for the bodies.
 """
@@ -66,6 +67,7 @@ from ferryman.audit.record import (
 from ferryman.audit.recovery import this_process
 from ferryman.errors import OpenAIError
 from ferryman.exchange import AUDIT_TAGS, OWN_TAG, Exchange, Reply
+from ferryman.pipeline import audit_advice
 from ferryman.pipeline.account import FINISH_NOTE, PRICED, parsed_reply, spends_tokens
 from ferryman.pipeline.chain import Handler
 from ferryman.pricing import PriceTable, TokenCounts
@@ -102,6 +104,7 @@ class _Call:
     request_body: str | None = None
     rendered: bool = False  # request_body holds the request body as recorded (rendered for the row)
     known: dict[str, Any] | None = None  # _known_fields, once worked out
+    ratelimit: dict[str, int] | None = None  # the reply's x-ratelimit-* levels
 
 
 class Audit:
@@ -121,6 +124,7 @@ class Audit:
         self.chain = chain
         self.bodies = bodies
         self.inflight = InFlight(store, chain, this_process(instance), prices or PriceTable.default(), lease_s)
+        self.fingerprints = audit_advice.Fingerprints(chain.key)
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned = False
         self._checkpointing = False
@@ -185,6 +189,7 @@ class Audit:
             raise
         call.status = reply.status
         call.reply_type = reply.headers.get("content-type", "")
+        call.ratelimit = audit_advice.ratelimit_levels(exchange, reply.headers)
         if reply.stream is None:
             call.reply = reply.body
             await self._write(call)
@@ -375,8 +380,9 @@ class Audit:
         tier = ex.json.get("service_tier") if isinstance(ex.json, dict) else None
         route = endpoint_route(ex.path) if ex.method == "POST" else None
         priced = route in PRICED and call.status < 400 and ex.cache != "hit" and not ex.notes.get("cache_hit")
+        advice = self.fingerprints.fields(ex, None, call.stream, ex.prompt_tokens or 0, call.ratelimit)
         return {
-            "fields": {**_known_fields(call), "request_body": call.request_body},
+            "fields": {**_known_fields(call), "request_body": call.request_body, **advice},
             "prompt_tokens": ex.prompt_tokens,  # else counted with the first progress update
             "service_tier": tier if isinstance(tier, str) else None,
             "priced": priced,
@@ -415,6 +421,7 @@ class Audit:
         else:
             fields["response_body"] = render_body(call.reply, call.reply_type, mode)
         fields.update(
+            self.fingerprints.fields(call.exchange, value, call.stream, counts.input, call.ratelimit),
             input_tokens=counts.input,
             cached_tokens=counts.cached_input,
             output_tokens=counts.output,

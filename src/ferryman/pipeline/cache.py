@@ -203,6 +203,28 @@ def is_deterministic(path: str, body: dict[str, Any]) -> bool:
 
 
 def request_key(exchange: Exchange) -> str:
+    material = {
+        "v": 1,
+        "method": exchange.method,
+        "path": exchange.path,
+        "query": "&".join(sorted(p for p in exchange.query.split("&") if p)),
+        "principal": exchange.principal.id,
+        "headers": key_headers(exchange),
+        "stream": exchange.stream,
+        "body": key_body(exchange),
+    }
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def key_headers(exchange: Exchange) -> dict[str, str]:
+    """The request headers that can change the reply (:data:`KEY_HEADERS`) the call carries."""
+    return {name: exchange.headers[name] for name in KEY_HEADERS if name in exchange.headers}
+
+
+def key_body(exchange: Exchange) -> Any:
+    """The JSON body as the key sees it: without what does not change the reply, in canonical form
+    (also the audit's request fingerprint, :mod:`ferryman.pipeline.audit_advice`, so that what it
+    calls duplicates are what this cache would serve)."""
     body = dict(exchange.json)
     for name in IGNORED_FIELDS.get(exchange.path, ()):
         body.pop(name, None)
@@ -214,17 +236,7 @@ def request_key(exchange: Exchange) -> str:
                 body[outer] = nested
             else:
                 body.pop(outer)
-    material = {
-        "v": 1,
-        "method": exchange.method,
-        "path": exchange.path,
-        "query": "&".join(sorted(p for p in exchange.query.split("&") if p)),
-        "principal": exchange.principal.id,
-        "headers": {name: exchange.headers[name] for name in KEY_HEADERS if name in exchange.headers},
-        "stream": exchange.stream,
-        "body": _canonical(body),
-    }
-    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _canonical(body)
 
 
 def _canonical(value: Any) -> Any:
@@ -310,4 +322,12 @@ async def _aclose(stream: Any) -> None:
         await close()
 
 
-__all__ = ["CACHEABLE_PATHS", "IGNORED_FIELDS", "Cache", "is_deterministic", "request_key"]
+__all__ = [
+    "CACHEABLE_PATHS",
+    "IGNORED_FIELDS",
+    "Cache",
+    "is_deterministic",
+    "key_body",
+    "key_headers",
+    "request_key",
+]

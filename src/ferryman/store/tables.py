@@ -47,6 +47,17 @@ audit = Table(
     Column("error", Text),
     Column("request_body", Text),  # none | redacted | full, per audit.bodies
     Column("response_body", Text),
+    # What the report's advice needs (migration 0008, pipeline/audit_advice.py); NULL in older records,
+    # and then not hashed (audit/chain.py ADDED). Before prev_hash and hash, which the writer puts last.
+    Column("output_cap", Integer),
+    Column("service_tier", String(32)),
+    Column("via_batch", Boolean),
+    Column("request_fp", String(32)),  # keyed fingerprints (HMAC), never the body
+    Column("deterministic", Boolean),
+    Column("prefix_fp", String(32)),
+    Column("prefix_tokens", Integer),
+    Column("ratelimit", JSON(none_as_null=True)),  # {limit,remaining}_{requests,tokens}: ints
+    Column("source", String(16)),  # sdk | gateway | run | run-batch-api
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
