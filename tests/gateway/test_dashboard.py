@@ -4,7 +4,7 @@ A real gateway in front of the mock gets a few calls through the official SDK (t
 keys, one key and one team with a budget, one call refused with a 429 and one that fails), then
 Chromium logs in with the admin key and reads the page the way a person would: the charts, the
 budget bars, the recent requests and the error and 429 rates. A screenshot of each chart is
-decoded here (PNG by hand: zlib + struct) to prove the bars are painted, not only in the DOM.
+decoded (PNG by hand in :mod:`tests.chromium`) to prove the bars are painted, not only in the DOM.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
-import struct
 import time
-import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +25,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from ferryman import catalogue
 from ferryman.gateway.key_rules import parse_budget
 from ferryman.mock.control_client import MockControl
+from tests.chromium import count_colour, keep_screenshots, png_pixels
 from tests.gateway.conftest import ADMIN_KEY
 from tests.leak_guard import assert_no_secrets
 
@@ -98,61 +96,6 @@ def log_in(page: Page, gw: Any, key: str = ADMIN_KEY) -> None:
 def logged_in(page: Page, gw: Any) -> None:
     log_in(page, gw)
     page.wait_for_selector("body[data-loaded]")
-
-
-def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and the unfiltered rows (RGB or RGBA, 8-bit) of a non-interlaced PNG."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    pos, idat = 8, []
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        chunk = data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat.append(chunk)
-        pos += 12 + length
-    assert depth == 8 and color in (2, 6) and interlace == 0, (depth, color, interlace)
-    bpp = 3 if color == 2 else 4
-    raw = zlib.decompress(b"".join(idat))
-    stride = width * bpp
-    rows: list[bytes] = []
-    prior = bytearray(stride)
-    for y in range(height):
-        start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
-        if kind == 1:  # Sub
-            for i in range(bpp, stride):
-                line[i] = (line[i] + line[i - bpp]) & 0xFF
-        elif kind == 2:  # Up
-            line = bytearray((a + b) & 0xFF for a, b in zip(line, prior, strict=True))
-        elif kind == 3:  # Average
-            for i in range(stride):
-                left = line[i - bpp] if i >= bpp else 0
-                line[i] = (line[i] + ((left + prior[i]) >> 1)) & 0xFF
-        elif kind == 4:  # Paeth
-            for i in range(stride):
-                a = line[i - bpp] if i >= bpp else 0
-                b, c = prior[i], prior[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-        rows.append(bytes(line))
-        prior = line
-    return width, height, [bytes(r[i : i + 3]) for r in rows for i in range(0, stride, bpp)]
-
-
-def keep_screenshots(*shots: Path) -> None:
-    """Copy the screenshots to $FERRYMAN_KEEP_SCREENSHOTS (a directory, made if missing), if set."""
-    keep = os.environ.get("FERRYMAN_KEEP_SCREENSHOTS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        for shot in shots:
-            shutil.copy(shot, keep)
-
-
-def count_colour(pixels: list[bytes], rgb: tuple[int, int, int], tolerance: int = 6) -> int:
-    return sum(1 for px in pixels if all(abs(px[i] - rgb[i]) <= tolerance for i in range(3)))
 
 
 # -- tests -----------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_output_file_is_private(store, tmp_path):
         (["--from", "yesterday"], "--from"),
         (["--by", "colour"], "--by"),
         (["--tag", "team"], "--tag"),
-        (["--format", "html"], "--format"),
+        (["--format", "pdf"], "--format"),
     ],
 )
 def test_bad_usage_exits_2_naming_the_option(store, args, option):

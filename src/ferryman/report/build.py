@@ -45,6 +45,7 @@ def build(
         query.model_tokens(conn, filters), table or PriceTable.default(), today, report_days, upstream
     )
     items.sort(key=lambda item: -(item.savings_usd or Decimal(0)))
+    daily = query.daily_spend(conn, filters)
     return Report(
         start=filters.start,
         end=filters.end,
@@ -53,9 +54,10 @@ def build(
         by=tuple(by),
         breakdown=breakdown,
         month=month(conn, filters, now),
-        spikes=spikes(query.daily_spend(conn, filters)),
+        spikes=spikes(daily),
         advice=items,
         filters={"model": filters.model, "key": filters.key, "tags": dict(filters.tags)},
+        daily=daily,
     )
 
 

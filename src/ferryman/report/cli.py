@@ -4,25 +4,34 @@ Reads the store the settings name (as ``ferryman keys`` does; ``--store URL`` fo
 writes to it beyond bringing its schema up to date. Exit codes: 0 printed (or written to ``-o``);
 2 bad usage (a bad ``--since``, ``--from`` after ``--to``, an unknown ``--by`` or ``--format``),
 with one line naming the option.
+
+With ``--reconcile`` (the upstream's Usage and Costs API against the audit, see
+:mod:`ferryman.report.reconcile`): 0 when every day and model matched, 1 when a difference was
+found (the report is printed either way: a script can act on the code), 2 when it cannot be done
+(no admin key, the key refused, the upstream unreachable), with one line naming the cause.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import re
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+if TYPE_CHECKING:
+    from ferryman.report.billed import Billed
+
 out = Console()
 err = Console(stderr=True)
 
-FORMATS = ("table", "json", "md")
+FORMATS = ("table", "json", "md", "html")
 DEFAULT_DAYS = 30
 _SINCE = re.compile(r"^\s*(\d{1,5})\s*([hdw])\s*$")
 _UNIT = {"h": 3_600, "d": 86_400, "w": 7 * 86_400}
@@ -34,6 +43,7 @@ EPILOG = """Examples:
   ferryman report --by key --by model       per key and model (key names from the gateway's keys)
   ferryman report --by tag:feature --tag team=search --format md -o report.md
   ferryman report --from 2026-11-01 --to 2026-11-30 --format json
+  ferryman report --since 7d --reconcile     OpenAI's bill against the audit (exit 1 on a difference)
 """
 
 
@@ -108,10 +118,19 @@ def report(
     model: Annotated[str | None, typer.Option("--model", help="Only calls to this model.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Only calls of this key (its id or its name).")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only calls tagged NAME=VALUE; repeatable.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table, json or md.")] = "table",
+    output_format: Annotated[str, typer.Option("--format", help="table, json, md or html.")] = "table",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (mode 0600).")] = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Database URL (default: settings, else SQLite in the data directory).")
+    ] = None,
+    reconcile: Annotated[
+        bool, typer.Option("--reconcile", help="Compare with the upstream's Usage and Costs API, per day and model.")
+    ] = False,
+    admin_key: Annotated[
+        str, typer.Option("--admin-key", help="With --reconcile: the organisation admin key, as a secret reference.")
+    ] = "env:OPENAI_ADMIN_KEY",
+    upstream: Annotated[
+        str | None, typer.Option("--upstream", help="With --reconcile: the openai deployment to reconcile with.")
     ] = None,
 ) -> None:
     """Usage and cost from the audit log: totals, breakdowns, spikes, and what to change, in dollars.
@@ -127,6 +146,8 @@ def report(
         tags = parse_tags(tag or [])
         if output_format not in FORMATS:
             raise Usage(f"--format: {output_format!r} is not one of {', '.join(FORMATS)}")
+        if reconcile and (key is not None or tags):
+            raise Usage("--reconcile: compares all of the upstream's traffic; --key and --tag do not apply to it")
     except Usage as error:
         err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
@@ -138,30 +159,63 @@ def report(
     from ferryman.store import open_store
 
     settings = load(store={"url": store}) if store else load()
+    fetched = _fetch_billed(settings, begin, end, admin_key, upstream) if reconcile else None
     opened = open_store(settings)
     try:
         with opened.engine.connect() as conn:
             made = build(conn, Filters(begin, end, model, key, tags), names, now=now)
+            if fetched is not None:
+                from ferryman.report.reconcile import reconcile as reconciled
+
+                made = dataclasses.replace(made, reconciliation=reconciled(conn, settings, *fetched, model))
     finally:
         opened.close()
+    code = 1 if made.reconciliation is not None and not made.reconciliation.matched else 0
     if output_format == "json":
         text = render.to_json(made)
     elif output_format == "md":
         text = render.to_markdown(made)
+    elif output_format == "html":
+        from ferryman.report.render_html import to_html
+
+        text = to_html(made)
     elif output is not None:
         buffer = io.StringIO()
         render.to_console(made, Console(file=buffer, width=120, no_color=True))
         text = buffer.getvalue()
     else:
         render.to_console(made, out)
-        return
+        raise typer.Exit(code)
     if output is None:
         typer.echo(text, nl=False)
-        return
+        raise typer.Exit(code)
     from ferryman.files import write_private
 
     write_private(output, text)
     err.print(f"wrote {escape(str(output))}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _fetch_billed(
+    settings: Any, begin: float, end: float, admin_key: str, upstream: str | None
+) -> tuple[Billed, tuple[str, ...], str, tuple[int, int]]:
+    """What the upstream billed over the period's whole UTC days, with the deployments, base URL and
+    span to reconcile them against; one line and exit code 2 when that cannot be had."""
+    from ferryman.report import billed, reconcile
+    from ferryman.secrets import SecretError, resolve
+
+    try:
+        deployments, base_url = reconcile.choose_upstream(settings, upstream)
+        try:
+            secret = resolve(admin_key)
+        except SecretError as error:
+            raise Usage(f"--admin-key: {error} (the Usage and Costs API needs an organisation admin key)") from None
+        span = reconcile.whole_days(begin, end)
+        fetched = billed.fetch(base_url, secret, *span)
+    except (Usage, ValueError, billed.UpstreamError) as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    return fetched, deployments, base_url, span
 
 
 report.__doc__ = (report.__doc__ or "") + "\n\n" + EPILOG

@@ -20,6 +20,22 @@ milliseconds (``null`` where no record had one).
                   "savings_usd_per_month": "…" | null, "evidence": {...}, "action": "…"}]
     }
 
+With ``--reconcile`` the object has one more member, ``reconciliation`` (absent otherwise; see
+:mod:`ferryman.report.reconcile` for the rules), the upstream's bill against the audit per UTC day
+and model, where ``FIG`` is ``{"requests", "input_tokens", "cached_input_tokens", "output_tokens",
+"cost_usd"}`` (``cost_usd`` ``null`` where a side's dollars are not known)::
+
+      "reconciliation": {
+        "upstream": {"deployments": ["openai"], "base_url": "https://api.openai.com/v1"},
+        "period": {"from": "2026-11-04T00:00:00Z", "to": "2026-12-05T00:00:00Z"},   # whole UTC days
+        "matched": false, "cost_tolerance_usd": "0.0050000000", "costs_error": null,
+        "totals": {"billed": FIG, "recorded": FIG, "difference": FIG, "unaccounted": FIG},
+        "rows": [{"day": "2026-12-04", "model": "gpt-4o-mini", "kind": "completions",
+                  "status": "matched" | "unaccounted" | "over_recorded" | "differs",
+                  "cost_source": "costs" | "priced" | "unpriced" | "free", "tokens_compared": true,
+                  "billed": FIG, "recorded": FIG, "difference": FIG, "unaccounted": FIG}]
+      }
+
 ``STATS`` is ``requests``, ``cost_usd``, ``input_tokens``, ``cached_input_tokens`` (part of the
 input), ``output_tokens``, ``reasoning_tokens`` (part of the output), ``errors`` (status ≥ 400),
 ``rate_limited`` (429), ``cache_hits``, ``latency_ms`` ``{p50, p95}`` and ``ttft_ms`` ``{p50, p95}``
@@ -32,7 +48,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferryman.report.reconcile import Reconciliation
 
 VERSION = 1
 USD_STEP = Decimal("1E-10")
@@ -176,6 +195,10 @@ class Report:
     spikes: list[Spike] = field(default_factory=list)
     advice: list[Advice] = field(default_factory=list)
     filters: dict[str, Any] = field(default_factory=dict)
+    # spend per UTC day with records, in order: what the spikes are found in and the HTML charts;
+    # not part of the JSON (``--by day`` gives it there, with every figure per day)
+    daily: list[tuple[dt.date, Decimal]] = field(default_factory=list)
+    reconciliation: Reconciliation | None = None  # with --reconcile only: the upstream's bill against the audit
 
     @property
     def days(self) -> float:
@@ -194,4 +217,5 @@ class Report:
             "month": self.month.as_json() if self.month else None,
             "spikes": [spike.as_json() for spike in self.spikes],
             "advice": [item.as_json() for item in self.advice],
+            **({"reconciliation": self.reconciliation.as_json()} if self.reconciliation is not None else {}),
         }

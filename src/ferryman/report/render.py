@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from ferryman.cli_tables import print_table
 from ferryman.report.model import Group, Report, Stats, iso
+
+if TYPE_CHECKING:
+    from ferryman.report.reconcile import Reconciliation
 
 CENT = Decimal("0.01")
 SIGNIFICANT = 4
@@ -103,6 +106,41 @@ def sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Advice", ["kind", "saves", "per month", "what", "do"],
                     [[a.kind, money(a.savings_usd), money(a.savings_usd_per_month), a.title, a.action]
                      for a in report.advice]))  # fmt: skip
+    if report.reconciliation is not None:
+        out += reconciliation_sections(report.reconciliation)
+    return out
+
+
+def _pair(billed: int, recorded: int, compared: bool = True) -> str:
+    return f"{billed:,} / {recorded:,}" if compared else f"{billed:,} / -"
+
+
+def reconciliation_sections(rec: Reconciliation) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The upstream's bill against the audit (``--reconcile``): a summary, then one row per day and model."""
+    where = f"{', '.join(rec.deployments)} at {rec.base_url}, UTC days {iso(rec.start)} to {iso(rec.end)}"
+    verdict = "matched" if rec.matched else "differences found"
+    figures = ("requests", "input", "cached", "output", "cost")
+    summary = [
+        [name, f"{f.requests:,}", f"{f.input_tokens:,}", f"{f.cached_input_tokens:,}", f"{f.output_tokens:,}",
+         money(f.cost_usd)]
+        for name, f in rec.totals().items()
+    ]  # fmt: skip
+    rows = [
+        [r.day.isoformat(), r.model, r.kind, _pair(r.billed.requests, r.recorded.requests),
+         _pair(r.billed.input_tokens, r.recorded.input_tokens, r.tokens_compared),
+         _pair(r.billed.cached_input_tokens, r.recorded.cached_input_tokens, r.tokens_compared),
+         _pair(r.billed.output_tokens, r.recorded.output_tokens, r.tokens_compared),
+         f"{money(r.billed.cost_usd)} / {money(r.recorded.cost_usd)}", money(r.difference.cost_usd),
+         r.cost_source, r.status]
+        for r in rec.rows
+    ]  # fmt: skip
+    out = [
+        (f"Reconciliation with {where}: {verdict}", ["", *figures], summary),
+        ("Billed / recorded, per UTC day and model",
+         ["day", "model", "kind", *figures[:4], "cost", "cost diff", "dollars from", "status"], rows),
+    ]  # fmt: skip
+    if rec.costs_error:
+        out.append(("Costs API", ["note"], [[f"dollars priced from tokens: {rec.costs_error}"]]))
     return out
 
 
