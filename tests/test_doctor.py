@@ -33,12 +33,14 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # -- the openai SDK ---------------------------------------------------------------------------
 
 
-def test_the_installed_sdk_is_the_tested_one():
+def test_the_installed_sdk_is_judged_and_the_tested_one_is_in_range():
+    """A fresh install takes the newest openai the range allows (a release after the one tested
+    is "untested", a warning, never a failure); the tested release is always inside the range."""
     import openai
 
-    assert openai.__version__ == doctor.TESTED_OPENAI, "update TESTED_OPENAI after testing a new openai release"
     assert doctor.installed_openai() == openai.__version__
-    assert check_sdk(openai.__version__, doctor.TESTED_OPENAI, doctor.required_openai()).status == OK
+    assert check_sdk(openai.__version__, doctor.TESTED_OPENAI, doctor.required_openai()).status in (OK, WARN)
+    assert check_sdk(doctor.TESTED_OPENAI, doctor.TESTED_OPENAI, doctor.required_openai()).status == OK
 
 
 def test_the_required_range_is_pyprojects():

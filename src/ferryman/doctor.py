@@ -43,7 +43,7 @@ SKIP: Status = "skip"
 
 # The newest openai SDK release Ferryman's suite ran against (the pipeline patches the SDK's
 # client classes, so a release that moves them is worth knowing about before production does).
-TESTED_OPENAI = "3.60.0"
+TESTED_OPENAI = "3.63.0"
 PRICE_MAX_AGE_DAYS = 60  # OpenAI changes prices and launches models every few weeks
 DEFAULT_TIMEOUT_S = 5.0  # per network call: doctor should answer in seconds, not wait a TCP timeout out
 
