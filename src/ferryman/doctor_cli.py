@@ -9,7 +9,6 @@ bad usage or settings that do not load (printed as one line by the ``ferryman`` 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 import typer
@@ -18,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ferryman.doctor import DEFAULT_TIMEOUT_S, FAIL, OK, SKIP, WARN, Check, exit_code, run
+from ferryman.models_cli import parse_today
 
 out = Console()
 err = Console(stderr=True)
@@ -49,15 +49,6 @@ Examples:
 """
 
 
-def _today(text: str | None) -> dt.date:
-    if text is None:
-        return dt.datetime.now(dt.UTC).date()
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a date: write YYYY-MM-DD", param_hint="--today") from None
-
-
 def doctor(
     probe: Annotated[
         bool,
@@ -87,7 +78,7 @@ def doctor(
     """
     if probe and offline:
         raise typer.BadParameter("--probe calls the upstreams; --offline says not to: choose one", param_hint="--probe")
-    day = _today(today)
+    day = parse_today(today)
     from ferryman.config import load
 
     settings = load()  # a SettingsError is one line and exit 2, printed by the ferryman command

@@ -48,7 +48,8 @@ def parse_span(text: str) -> int:
     return int(match.group(1)) * _DAYS[match.group(2)]
 
 
-def _today(text: str | None) -> dt.date:
+def parse_today(text: str | None) -> dt.date:
+    """``--today YYYY-MM-DD`` (``ferryman models``, ``ferryman doctor``), else today in UTC."""
     if text is None:
         return dt.datetime.now(dt.UTC).date()
     try:
@@ -121,7 +122,7 @@ def models(
 ) -> None:
     """List the models Ferryman knows, with shutdown dates, successors and where each date came from."""
     within = parse_span(retiring) if retiring is not None else None
-    day = _today(today)
+    day = parse_today(today)
     upstream, fetched = asyncio.run(_gather(refresh, store))
     listed = rows(day, within, upstream)
     failed = [f for f in fetched if f.error and not f.error.startswith("skipped")]

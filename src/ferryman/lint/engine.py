@@ -11,15 +11,14 @@ each collection the parser would set off walks every node again.
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
-import gc
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ferryman import _collector_paused
 from ferryman.lint import checks, retries
 from ferryman.lint.config import Excluder, Options
 from ferryman.lint.context import Context
@@ -99,19 +98,8 @@ def top_package(directory: str) -> str | None:
 
 
 def _lint_chunk(paths: Sequence[str], options: Options) -> list[FileResult]:
-    with collector_paused():
+    with _collector_paused():
         return [lint_file(path, options) for path in paths]
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 def cpus() -> int:
